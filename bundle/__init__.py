@@ -1,0 +1,1 @@
+"""LH-UTANet MONAI bundle: networks, data, transforms and handlers."""

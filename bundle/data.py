@@ -1,0 +1,400 @@
+"""Dataset discovery, train/validation/test splitting and the synthetic demo set."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import re
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz")
+MASK_TAGS: tuple[str, ...] = ("_segmentation", "_mask")
+IGNORED_TAGS: tuple[str, ...] = ("_superpixels",)  # ISIC ships superpixel maps beside its images
+SPLIT_KEYS: tuple[str, ...] = ("training", "validation", "test")
+CSV_SPLIT_NAMES: dict[str, str] = {
+    "train": "training",
+    "training": "training",
+    "val": "validation",
+    "valid": "validation",
+    "validation": "validation",
+    "test": "test",
+    "testing": "test",
+}
+DEMO_GENERATOR_VERSION = 1
+DEMO_MANIFEST = "DEMO_MANIFEST.json"
+ACCEPTED_LAYOUTS = (
+    "(a) images/ + masks/ (or labels/) with matching relative paths and stems, any image extension, "
+    "mask stem optionally followed by '_segmentation' or '_mask'; "
+    "(b) one flat folder with X.<ext> + X_segmentation.<ext> (or X_mask.<ext>); "
+    "(c) a datalist.json or split.csv beside the data (load_datalist only)"
+)
+_MAX_LISTED = 10
+_DEMO_NAME = re.compile(r"demo_\d{4,}\.png")
+
+Pair = dict[str, str]
+
+
+def _split_suffix(name: str) -> tuple[str, str]:
+    """Split a file name into ``(stem, lower-case image suffix)``; ``.nii.gz`` counts as one suffix."""
+    lower = name.lower()
+    for suffix in IMAGE_SUFFIXES:
+        if lower.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)], suffix
+    return name, ""
+
+
+def _format_files(items: Sequence[object]) -> str:
+    """Comma-separated listing of at most ``_MAX_LISTED`` items, then ``and N more``."""
+    shown = ", ".join(str(item) for item in items[:_MAX_LISTED])
+    extra = len(items) - _MAX_LISTED
+    return shown + (f" and {extra} more" if extra > 0 else "")
+
+
+def _clashes(groups: Iterable[list[Path]], folder: Path) -> list[str]:
+    """``"a.jpg & a.png"`` for each group of more than one file (paths relative to ``folder``)."""
+    return [" & ".join(p.relative_to(folder).as_posix() for p in group) for group in groups if len(group) > 1]
+
+
+def _pair_key(pair: Pair) -> tuple[str, str]:
+    return pair["image"], pair["label"]
+
+
+def _existing_dir(dataset_dir: str | os.PathLike) -> Path:
+    root = Path(os.path.abspath(dataset_dir))
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset_dir does not exist or is not a directory: {root}")
+    return root
+
+
+def _image_files(folder: Path, recursive: bool) -> list[Path]:
+    """Image files in ``folder`` (hidden files and folders skipped), sorted."""
+    candidates = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(
+        path
+        for path in candidates
+        if path.is_file()
+        and _split_suffix(path.name)[1]
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    )
+
+
+def _index_by_key(files: Iterable[Path], folder: Path, kind: str, problems: list[str]) -> dict[str, Path]:
+    """Map ``relative/dir/stem`` to the file; several files with one key are reported as ambiguous."""
+    groups: dict[str, list[Path]] = {}
+    for path in files:
+        rel = path.relative_to(folder)
+        groups.setdefault((rel.parent / _split_suffix(rel.name)[0]).as_posix(), []).append(path)
+    clashes = _clashes(groups.values(), folder)
+    if clashes:
+        listing = _format_files(clashes)
+        problems.append(f"{len(clashes)} ambiguous {kind} stem(s) in {folder} (one file per stem): {listing}")
+    return {key: group[0] for key, group in groups.items() if len(group) == 1}
+
+
+def _match_masks(
+    images: dict[str, Path], masks: dict[str, Path], image_dir: Path, mask_dir: Path, problems: list[str]
+) -> list[Pair]:
+    """Pair each image key with the mask of the same key, or of the key plus a ``MASK_TAGS`` tag."""
+    claimed: dict[str, list[Path]] = {}
+    orphan_masks: list[str] = []
+    for key, mask in masks.items():
+        candidates = [key] + [key[: -len(tag)] for tag in MASK_TAGS if key.endswith(tag)]
+        target = next((c for c in candidates if c in images), None)
+        if target is None:
+            orphan_masks.append(mask.relative_to(mask_dir).as_posix())
+        else:
+            claimed.setdefault(target, []).append(mask)
+    clashes = _clashes(claimed.values(), mask_dir)
+    if clashes:
+        problems.append(f"{len(clashes)} image(s) with several masks in {mask_dir}: {_format_files(clashes)}")
+    orphan_images = [path.relative_to(image_dir).as_posix() for key, path in images.items() if key not in claimed]
+    if orphan_images:
+        problems.append(f"{len(orphan_images)} image(s) without a mask in {image_dir}: {_format_files(orphan_images)}")
+    if orphan_masks:
+        problems.append(f"{len(orphan_masks)} mask(s) without an image in {mask_dir}: {_format_files(orphan_masks)}")
+    return [{"image": str(images[key]), "label": str(group[0])} for key, group in claimed.items() if len(group) == 1]
+
+
+def find_image_mask_pairs(dataset_dir: str | os.PathLike) -> list[Pair]:
+    """Discover ``{"image", "label"}`` pairs (absolute paths, sorted) in one of the accepted folder layouts.
+
+    Raises FileNotFoundError when ``dataset_dir`` is missing and ValueError, naming the offending files,
+    for unmatched images or masks, ambiguous stems, or when no pairs are found.
+    """
+    root = _existing_dir(dataset_dir)
+    image_dir = root / "images"
+    mask_dir = next((root / name for name in ("masks", "labels") if (root / name).is_dir()), None)
+    problems: list[str] = []
+    if image_dir.is_dir() and mask_dir is not None:
+        images = _index_by_key(_image_files(image_dir, recursive=True), image_dir, "image", problems)
+        masks = _index_by_key(_image_files(mask_dir, recursive=True), mask_dir, "mask", problems)
+        pairs = _match_masks(images, masks, image_dir, mask_dir, problems)
+    elif image_dir.is_dir() or mask_dir is not None:
+        raise ValueError(f"{root} has only one of images/ and masks/ (or labels/); accepted: {ACCEPTED_LAYOUTS}")
+    else:
+        files = [
+            path
+            for path in _image_files(root, recursive=False)
+            if not _split_suffix(path.name)[0].endswith(IGNORED_TAGS)
+        ]
+        is_mask = [_split_suffix(path.name)[0].endswith(MASK_TAGS) for path in files]
+        images = _index_by_key([p for p, m in zip(files, is_mask) if not m], root, "image", problems)
+        masks = _index_by_key([p for p, m in zip(files, is_mask) if m], root, "mask", problems)
+        pairs = _match_masks(images, masks, root, root, problems) if masks else []
+    if problems:
+        raise ValueError(f"invalid dataset in {root}:\n  - " + "\n  - ".join(problems))
+    if not pairs:
+        raise ValueError(f"no image/mask pairs found in {root}; accepted layouts: {ACCEPTED_LAYOUTS}")
+    return sorted(pairs, key=_pair_key)
+
+
+def _select_by_names(pairs: Sequence[Pair], names: Iterable[str]) -> tuple[list[Pair], list[Pair], list[str]]:
+    """Split ``pairs`` into (named, others) by image stem; also return the names that matched nothing."""
+    wanted: dict[str, str] = {}
+    for name in names:
+        name = name.strip()
+        if name:
+            wanted.setdefault(_split_suffix(os.path.basename(name))[0], name)
+    selected: list[Pair] = []
+    others: list[Pair] = []
+    found: set[str] = set()
+    for pair in pairs:
+        stem = _split_suffix(os.path.basename(pair["image"]))[0]
+        if stem in wanted:
+            selected.append(pair)
+            found.add(stem)
+        else:
+            others.append(pair)
+    return selected, others, [name for stem, name in wanted.items() if stem not in found]
+
+
+def split_pairs(
+    pairs: Sequence[Pair], val_fraction: float = 0.2, seed: int = 0, test_names: Iterable[str] | None = None
+) -> dict[str, list[Pair]]:
+    """Split pairs into ``training`` / ``validation`` / ``test`` (each sorted).
+
+    Pairs whose image name (with or without extension) is in ``test_names`` go to ``test``; a seeded shuffle
+    sends ``round(val_fraction * rest)`` of the others (at least 1 when there are 2 or more) to ``validation``.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    ordered = sorted(pairs, key=_pair_key)
+    test: list[Pair] = []
+    rest = ordered
+    if test_names is not None:
+        test, rest, missing = _select_by_names(ordered, test_names)
+        if missing:
+            raise ValueError(
+                f"{len(missing)} test name(s) match no image among the {len(ordered)} pairs: {_format_files(missing)}"
+            )
+    random.Random(seed).shuffle(rest)
+    n_val = 0
+    if val_fraction > 0 and len(rest) >= 2:
+        n_val = min(max(1, math.floor(len(rest) * val_fraction + 0.5)), len(rest) - 1)
+    return {
+        "training": sorted(rest[n_val:], key=_pair_key),
+        "validation": sorted(rest[:n_val], key=_pair_key),
+        "test": test,
+    }
+
+
+def _read_datalist_json(path: Path, root: Path) -> dict[str, list[Pair]]:
+    """Read a decathlon-style datalist; relative paths are resolved against ``root``."""
+    with open(path, encoding="utf-8") as f:
+        raw = json.load(f)
+    if not isinstance(raw, dict) or not isinstance(raw.get("training"), list):
+        raise ValueError(f"{path}: expected a JSON object with a 'training' list (and optional 'validation', 'test')")
+    out: dict[str, list[Pair]] = {}
+    for key in SPLIT_KEYS:
+        if key not in raw:
+            continue
+        items = []
+        for i, item in enumerate(raw[key]):
+            if not (isinstance(item, dict) and all(isinstance(item.get(k), str) for k in ("image", "label"))):
+                raise ValueError(f"{path}: {key}[{i}] must be an object with 'image' and 'label' paths, got {item!r}")
+            items.append({k: os.path.abspath(root / item[k]) for k in ("image", "label")})
+        out[key] = items
+    return out
+
+
+def _read_split_csv(path: Path, root: Path) -> dict[str, list[Pair]]:
+    """Assign discovered pairs to splits from a ``name,split`` CSV (train/val/test)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if not {"name", "split"} <= set(reader.fieldnames or ()):
+            raise ValueError(f"{path}: expected columns 'name' and 'split', got {reader.fieldnames}")
+        names: dict[str, list[str]] = {key: [] for key in SPLIT_KEYS}
+        for line, row in enumerate(reader, start=2):
+            split = CSV_SPLIT_NAMES.get((row["split"] or "").strip().lower())
+            if split is None:
+                raise ValueError(f"{path}:{line}: unknown split {row['split']!r}; use train, val or test")
+            names[split].append(row["name"])
+    pairs = find_image_mask_pairs(root)
+    out: dict[str, list[Pair]] = {}
+    missing: list[str] = []
+    for key in SPLIT_KEYS:
+        if key == "training" or names[key]:
+            out[key], _, unmatched = _select_by_names(pairs, names[key])
+            missing += unmatched
+    if missing:
+        raise ValueError(f"{path}: {len(missing)} name(s) match no image/mask pair in {root}: {_format_files(missing)}")
+    return out
+
+
+def load_datalist(dataset_dir: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0) -> dict[str, list[Pair]]:
+    """Return ``training`` / ``validation`` / ``test`` lists of ``{"image", "label"}`` (absolute paths, sorted).
+
+    Uses ``dataset_dir/datalist.json`` if present, else ``dataset_dir/split.csv`` (``name,split`` rows; pairs not
+    listed are left out), else discovered pairs split by :func:`split_pairs`. A missing validation split is taken
+    from training with ``val_fraction`` and ``seed``.
+    """
+    root = _existing_dir(dataset_dir)
+    json_path, csv_path = root / "datalist.json", root / "split.csv"
+    if json_path.is_file():
+        source, data = json_path, _read_datalist_json(json_path, root)
+    elif csv_path.is_file():
+        source, data = csv_path, _read_split_csv(csv_path, root)
+    else:
+        return split_pairs(find_image_mask_pairs(root), val_fraction=val_fraction, seed=seed)
+    if "validation" not in data:
+        split = split_pairs(data["training"], val_fraction=val_fraction, seed=seed)
+        data["training"], data["validation"] = split["training"], split["validation"]
+    result = {key: sorted(data.get(key, []), key=_pair_key) for key in SPLIT_KEYS}
+    missing = sorted({p for items in result.values() for pair in items for p in pair.values() if not os.path.isfile(p)})
+    if missing:
+        raise FileNotFoundError(f"{source}: {len(missing)} listed file(s) do not exist: {_format_files(missing)}")
+    seen: dict[str, str] = {}
+    leaked = []
+    for key in SPLIT_KEYS:
+        for pair in result[key]:
+            if seen.setdefault(pair["image"], key) != key:
+                leaked.append(f"{pair['image']} ({seen[pair['image']]} & {key})")
+    if leaked:
+        raise ValueError(f"{source}: {len(leaked)} image(s) listed in more than one split: {_format_files(leaked)}")
+    return result
+
+
+def _smooth_noise(rng: np.random.Generator, size: int, cells: int, channels: int) -> np.ndarray:
+    """Unit-variance smooth float32 noise of shape ``(channels, size, size)``: a ``cells``-grid, cubic-upsampled."""
+    grid = rng.standard_normal((channels, cells, cells), dtype=np.float32)
+    # cubic spline zoom is linear and separable: one (size, cells) matrix applied to both axes; plain einsum
+    # (no BLAS) because multi-threaded BLAS on these tiny products is slow on a busy machine
+    upsample = ndimage.zoom(np.eye(cells, dtype=np.float32), (size / cells, 1), order=3, mode="mirror")
+    noise = np.einsum("cyj,xj->cyx", np.einsum("yi,cij->cyj", upsample, grid), upsample)
+    return noise / (noise.std(axis=(1, 2), keepdims=True) + 1e-6)
+
+
+def _add_blob(rng: np.random.Generator, area: float, alpha: np.ndarray, dome: np.ndarray) -> None:
+    """Draw one smooth-perturbed ellipse covering about ``area`` of the image into ``alpha`` and ``dome`` (in place).
+
+    ``alpha`` is the soft coverage (mask = alpha >= 0.5); ``dome`` is 1 at the blob centre, 0 at its border.
+    """
+    size = alpha.shape[0]
+    aspect = rng.uniform(0.6, 1.0)
+    a = math.sqrt(area / (math.pi * aspect))
+    cy, cx = rng.uniform(a, 1 - a, size=2)
+    angle = rng.uniform(0, math.pi)
+    harmonics = np.arange(2, 6)
+    amplitudes = rng.uniform(0, 0.32, 4) / harmonics
+    phases = rng.uniform(0, 2 * math.pi, 4)
+    edge = rng.uniform(0.05, 0.12)
+    # alpha > 0 needs rho < 1 + sum(amplitudes) + edge / 2 < 1.5 (in units of the long semi-axis a)
+    lo = [max(0, math.floor((c - 1.5 * a) * (size - 1))) for c in (cy, cx)]
+    hi = [min(size, math.ceil((c + 1.5 * a) * (size - 1)) + 1) for c in (cy, cx)]
+    ys = (np.arange(lo[0], hi[0], dtype=np.float32) / (size - 1) - cy)[:, None]
+    xs = (np.arange(lo[1], hi[1], dtype=np.float32) / (size - 1) - cx)[None, :]
+    u = (xs * math.cos(angle) + ys * math.sin(angle)) / a
+    v = (ys * math.cos(angle) - xs * math.sin(angle)) / (a * aspect)
+    rho, theta = np.hypot(u, v), np.arctan2(v, u)
+    radius = 1 + sum(amp * np.cos(k * theta + ph) for amp, k, ph in zip(amplitudes, harmonics, phases))
+    crop = (slice(lo[0], hi[0]), slice(lo[1], hi[1]))
+    np.maximum(alpha[crop], np.clip((radius - rho) / edge + 0.5, 0, 1), out=alpha[crop])
+    np.maximum(dome[crop], np.clip(1 - rho / radius, 0, 1), out=dome[crop])
+
+
+def _demo_sample(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """One polyp-like RGB image (uint8, HxWx3) and its {0, 255} mask (uint8, HxW)."""
+    base = rng.uniform([150, 70, 70], [235, 150, 140]).astype(np.float32)[:, None, None]
+    shading = 1 + 0.12 * _smooth_noise(rng, size, 4, 1) + 0.04 * _smooth_noise(rng, size, 12, 1)
+    background = base * shading + 10 * _smooth_noise(rng, size, 4, 3)
+
+    alpha = np.zeros((size, size), dtype=np.float32)
+    dome = np.zeros((size, size), dtype=np.float32)
+    n_blobs = 0 if rng.random() < 0.1 else int(rng.integers(1, 4))
+    if n_blobs:
+        for area in rng.uniform(0.04, 0.28) * rng.dirichlet(np.full(n_blobs, 3.0)):
+            _add_blob(rng, area, alpha, dome)
+
+    blob_colour = base * rng.uniform([0.85, 0.5, 0.55], [1.05, 0.72, 0.82]).astype(np.float32)[:, None, None]
+    blob = blob_colour * (1 + 0.25 * dome) + 14 * _smooth_noise(rng, size, max(4, size // 8), 3)
+    image = background + alpha * (blob - background)
+
+    coords = np.linspace(0, 1, size, dtype=np.float32)
+    cy, cx = rng.uniform(0.3, 0.7, size=2)
+    tilt = rng.uniform(0, 2 * math.pi)
+    ys, xs = coords[:, None], coords[None, :]
+    illumination = (
+        1
+        - rng.uniform(0.2, 0.6) * ((ys - cy) ** 2 + (xs - cx) ** 2)
+        + rng.uniform(-0.15, 0.15) * ((xs - 0.5) * math.cos(tilt) + (ys - 0.5) * math.sin(tilt))
+    )
+    image = image * illumination + 3 * rng.standard_normal(image.shape, dtype=np.float32)
+    rgb = np.clip(image, 0, 255).round().astype(np.uint8).transpose(1, 2, 0)
+    return rgb, np.where(alpha >= 0.5, 255, 0).astype(np.uint8)
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write via ``write(tmp)`` to a hidden temp file in the same folder, then ``os.replace`` it to ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def make_demo_dataset(out_dir: str | os.PathLike, num_images: int = 200, size: int = 256, seed: int = 0) -> str:
+    """Write a deterministic synthetic polyp-like set to ``out_dir/images`` + ``out_dir/masks`` (PNG).
+
+    Idempotent: returns at once when ``DEMO_MANIFEST.json`` records the same parameters, never overwrites an
+    existing file, and refuses (ValueError) a folder holding a different demo set or other images.
+    """
+    if num_images < 1 or size < 16:
+        raise ValueError(f"need num_images >= 1 and size >= 16, got num_images={num_images}, size={size}")
+    root = Path(os.path.abspath(out_dir))
+    manifest_path = root / DEMO_MANIFEST
+    manifest = {"num_images": num_images, "size": size, "seed": seed, "generator_version": DEMO_GENERATOR_VERSION}
+    if manifest_path.is_file():
+        with open(manifest_path, encoding="utf-8") as f:
+            existing = json.load(f)
+        if existing == manifest:
+            return str(root)
+        raise ValueError(f"{root} already holds a different demo set ({existing}); requested {manifest}")
+    image_dir, mask_dir = root / "images", root / "masks"
+    for folder in (image_dir, mask_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+        foreign = [p.name for p in sorted(folder.iterdir()) if not (p.name[0] == "." or _DEMO_NAME.fullmatch(p.name))]
+        if foreign:
+            raise ValueError(f"{folder} holds non-demo files, refusing to mix: {_format_files(foreign)}")
+    for index in range(num_images):
+        name = f"demo_{index:04d}.png"
+        targets = [path for path in (image_dir / name, mask_dir / name) if not path.exists()]
+        if not targets:
+            continue
+        arrays = _demo_sample(np.random.default_rng([seed, index]), size)
+        for path, array in zip((image_dir / name, mask_dir / name), arrays):
+            if path in targets:
+                _atomic_write(path, lambda tmp, a=array: Image.fromarray(a).save(tmp, format="PNG", compress_level=1))
+    _atomic_write(manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=4) + "\n", encoding="utf-8"))
+    return str(root)

@@ -1,0 +1,161 @@
+"""LH-UTANet: encoder -> lightweight ASPP -> (hierarchical MoE on the skips) -> depthwise-separable decoder -> head."""
+
+import os
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .blocks import LightweightASPP, LightweightUpBlock
+from .encoders import build_encoder, load_encoder_weights
+from .moe import HierarchicalMoE, is_exporting
+
+
+class LightweightDecoder(nn.Module):
+    """Bottom feature (B, C_b, H/32, W/32) + skips [e1..e4] -> (B, decoder_channels[-1], H, W).
+
+    One :class:`LightweightUpBlock` per skip, deepest first, then one more ×2 block without a skip.
+
+    Args:
+        in_channels: channels of the bottom (bottleneck) feature.
+        skip_channels: channels of e1..e4, finest first.
+        decoder_channels: output channels of the five up blocks, deepest first.
+    """
+
+    def __init__(self, in_channels: int, skip_channels: Sequence[int], decoder_channels: Sequence[int]) -> None:
+        super().__init__()
+        if len(decoder_channels) != len(skip_channels) + 1:
+            raise ValueError(
+                f"decoder_channels needs {len(skip_channels) + 1} entries (one per skip, deepest first, plus the "
+                f"last ×2 block), got {list(decoder_channels)}."
+            )
+        skips_deepest_first = list(reversed(skip_channels)) + [0]
+        blocks = []
+        for skip, out in zip(skips_deepest_first, decoder_channels):
+            blocks.append(LightweightUpBlock(in_channels, skip, out))
+            in_channels = out
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        depth = len(skips)
+        for index, block in enumerate(self.blocks):
+            x = block(x, skips[depth - 1 - index]) if index < depth else block(x)
+        return x
+
+
+class LightweightHierarchicalUTANet(nn.Module):
+    """Lightweight Hierarchical UTANet for 2D segmentation. (B, in_channels, H, W) -> logits (B, out_channels, H, W).
+
+    H and W must be multiples of 32, the encoder's total stride. Stage 1 (``use_moe=False``) feeds the
+    encoder skips straight to the decoder; stage 2 (``use_moe=True``) refines them with a
+    :class:`HierarchicalMoE`. Both stages share parameter names, so a stage-1 state_dict loads into
+    stage 2 with only the ``moe.*`` keys missing.
+
+    ``forward`` returns the logits Tensor (no sigmoid/softmax). The balance loss of the latest forward
+    is kept in ``self.balance_loss`` (0 in stage 1) and the detached gate weights in
+    ``self.gate_weights`` for training handlers. ``return_balance_loss=True`` gives the seed's call
+    style ``logits, moe_loss = model(x)`` in eager mode.
+
+    Args:
+        in_channels: image channels (1 or more).
+        out_channels: 1 for binary segmentation (sigmoid), N for N-class (softmax).
+        encoder: "resnet34" (MONAI ResNet, torchvision layout) or "mobilenetv2" (width 1.0).
+        use_moe: stage 2: route the skips through the hierarchical MoE.
+        top_k: experts mixed per gate and sample, 1..4.
+        emb_size: channels of the fused map the MoE experts work on.
+        moe_fusion_index: skip whose resolution the MoE runs at (0: H/2, 1: H/4, 2: H/8, 3: H/16).
+        aspp_rates: dilations of the ASPP's depthwise-separable branches.
+        aspp_channels: ASPP output channels; default: the deepest skip's channels.
+        decoder_channels: five up-block widths, deepest first; default: the skip widths, deepest first,
+            then half the finest skip width (at least 16).
+        encoder_weights: optional path to a local torchvision-format ImageNet state_dict for the encoder.
+        return_balance_loss: return ``(logits, balance_loss)`` in eager mode (seed compatibility).
+    """
+
+    gate_weights: list[torch.Tensor]  # class-level, so that TorchScript knows the type of the empty list
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 1,
+        encoder: str = "resnet34",
+        use_moe: bool = False,
+        top_k: int = 2,
+        emb_size: int = 64,
+        moe_fusion_index: int = 2,
+        aspp_rates: Sequence[int] = (6, 12),
+        aspp_channels: int | None = None,
+        decoder_channels: Sequence[int] | None = None,
+        encoder_weights: str | os.PathLike | None = None,
+        return_balance_loss: bool = False,
+    ) -> None:
+        super().__init__()
+        self.total_stride = 32
+        if in_channels < 1 or out_channels < 1:
+            raise ValueError(f"in_channels and out_channels must be >= 1, got {in_channels} and {out_channels}.")
+        self.encoder = build_encoder(encoder, in_channels)
+        if encoder_weights:
+            load_encoder_weights(self.encoder, encoder_weights)
+        *skip_channels, bottom_channels = self.encoder.out_channels
+        aspp_channels = aspp_channels or skip_channels[-1]
+        if decoder_channels is None:
+            decoder_channels = [*reversed(skip_channels), max(16, skip_channels[0] // 2)]
+        self.bottleneck = LightweightASPP(bottom_channels, aspp_channels, aspp_rates)
+        self.moe = HierarchicalMoE(skip_channels, emb_size, top_k, moe_fusion_index) if use_moe else None
+        self.decoder = LightweightDecoder(aspp_channels, skip_channels, decoder_channels)
+        self.head = nn.Conv2d(decoder_channels[-1], out_channels, kernel_size=1)
+        self.use_moe = use_moe
+        self.return_balance_loss = return_balance_loss
+        self.balance_loss = torch.zeros(())
+        self.gate_weights = []
+
+    def check_input_size(self, x: torch.Tensor) -> None:
+        """Raise a ValueError unless x is (B, C, H, W) with H and W multiples of the total stride."""
+        if x.dim() != 4 or x.shape[2] % self.total_stride != 0 or x.shape[3] % self.total_stride != 0:
+            raise ValueError(
+                f"LightweightHierarchicalUTANet expects input (B, C, H, W) with H and W multiples of "
+                f"{self.total_stride}, got shape {list(x.shape)}. Resize or pad the image, e.g. with "
+                f"monai.transforms.DivisiblePad(k={self.total_stride})."
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input_size(x)
+        features = self.encoder(x)
+        skips, bottom = features[:-1], features[-1]
+        balance = torch.zeros((), device=x.device)
+        gate_weights: list[torch.Tensor] = []
+        if self.moe is not None:
+            skips, balance, gate_weights = self.moe(skips)
+        logits = self.head(self.decoder(self.bottleneck(bottom), skips))
+        if not torch.jit.is_scripting():
+            if not is_exporting():
+                self.balance_loss = balance
+                self.gate_weights = [weights.detach() for weights in gate_weights]
+            if self.return_balance_loss:
+                return logits, balance  # type: ignore[return-value]
+        return logits
+
+
+def lightweight_hierarchical_utanet(
+    input_channel: int = 3,
+    num_classes: int = 1,
+    pretrained: bool = True,
+    use_mobilenet: bool = False,
+    **kwargs,
+) -> LightweightHierarchicalUTANet:
+    """The seed's factory: ``output, moe_loss = lightweight_hierarchical_utanet(...)(x)``.
+
+    As in the seed, ``pretrained`` switches the MoE on (stage 2); it does not load ImageNet weights
+    (use ``encoder_weights=PATH`` for that). Extra keyword arguments go to the class.
+    """
+    kwargs.setdefault("return_balance_loss", True)
+    return LightweightHierarchicalUTANet(
+        in_channels=input_channel,
+        out_channels=num_classes,
+        encoder="mobilenetv2" if use_mobilenet else "resnet34",
+        use_moe=pretrained,
+        **kwargs,
+    )
+
+
+LHUTANet = LightweightHierarchicalUTANet

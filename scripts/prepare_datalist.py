@@ -1,0 +1,69 @@
+"""Write a MONAI datalist (training / validation / test, paths relative to DIR) for an image/mask folder.
+
+Example:
+    python scripts/prepare_datalist.py data/kvasir-seg --test-names data/kvasir-seg/pranet_test_names.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bundle.data import find_image_mask_pairs, split_pairs  # noqa: E402
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset_dir", metavar="DIR", help="dataset folder (images/ + masks/, or ISIC flat style)")
+    parser.add_argument("--test-names", metavar="FILE", help="text file, one image name per line, for the test split")
+    parser.add_argument("--val-fraction", type=float, default=0.2, help="fraction of the non-test pairs for validation")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the train/validation shuffle")
+    parser.add_argument("--output", metavar="PATH", help="output file (default: DIR/datalist.json)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the tool; returns the process exit code (0 on success, 1 on error)."""
+    args = _parse_args(argv)
+    root = os.path.abspath(args.dataset_dir)
+    output = Path(args.output or os.path.join(root, "datalist.json")).absolute()
+    if output.exists() and not args.overwrite:
+        print(f"error: {output} already exists; pass --overwrite to replace it", file=sys.stderr)
+        return 1
+    try:
+        test_names = None
+        if args.test_names:
+            test_names = Path(args.test_names).read_text(encoding="utf-8").splitlines()
+        splits = split_pairs(find_image_mask_pairs(root), args.val_fraction, args.seed, test_names)
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    datalist = {
+        key: [{k: os.path.relpath(v, root) for k, v in pair.items()} for pair in items] for key, items in splits.items()
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(datalist, f, indent=4)
+            f.write("\n")
+        os.replace(tmp, output)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    for key, items in datalist.items():
+        print(f"{key}: {len(items)}")
+    print(f"wrote {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

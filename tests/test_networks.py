@@ -1,0 +1,230 @@
+"""LH-UTANet network: shapes, stages, MoE routing and balance loss, export, encoder weights."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from bundle.networks import (
+    EXPERT_NAMES,
+    LightweightHierarchicalUTANet,
+    balance_loss,
+    build_encoder,
+    cv_squared,
+    lightweight_hierarchical_utanet,
+    load_encoder_weights,
+)
+
+ENCODER_NAMES = ("resnet34", "mobilenetv2")
+
+
+def randomise_dockers(model: LightweightHierarchicalUTANet) -> None:
+    """Dockers start at zero (stage 2 starts as stage 1); give them weights so the MoE changes the output."""
+    for docker in model.moe.dockers:
+        torch.nn.init.normal_(docker.weight, std=0.1)
+
+
+@pytest.mark.parametrize("encoder", ENCODER_NAMES)
+@pytest.mark.parametrize("use_moe", (False, True))
+def test_output_shapes(encoder, use_moe):
+    for in_channels, out_channels, (h, w) in itertools.product((1, 3), (1, 3), ((64, 64), (96, 160))):
+        model = LightweightHierarchicalUTANet(in_channels, out_channels, encoder=encoder, use_moe=use_moe).eval()
+        with torch.no_grad():
+            out = model(torch.randn(2, in_channels, h, w))
+        assert isinstance(out, torch.Tensor)
+        assert out.shape == (2, out_channels, h, w)
+
+
+def test_invalid_input_size_names_the_multiple():
+    model = LightweightHierarchicalUTANet(encoder="mobilenetv2").eval()
+    with pytest.raises(ValueError, match="multiples of 32"):
+        model(torch.randn(1, 3, 64, 70))
+    with pytest.raises(ValueError, match="multiples of 32"):
+        model(torch.randn(3, 64, 64))
+
+
+def test_invalid_arguments():
+    with pytest.raises(ValueError, match="Unknown encoder"):
+        LightweightHierarchicalUTANet(encoder="vgg16")
+    with pytest.raises(ValueError, match="top_k"):
+        LightweightHierarchicalUTANet(encoder="mobilenetv2", use_moe=True, top_k=5)
+
+
+def test_cv_squared_matches_formula_and_is_zero_for_uniform():
+    gates = [
+        torch.tensor([[0.7, 0.3, 0.0, 0.0], [0.0, 0.6, 0.4, 0.0], [0.5, 0.0, 0.0, 0.5]]),
+        torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]),
+    ]
+    expected = 0.0
+    for g in gates:
+        usage = g.numpy().sum(axis=0)
+        expected += usage.var(ddof=1) / (usage.mean() ** 2 + 1e-10)
+    assert balance_loss(gates).item() == pytest.approx(expected, rel=1e-6)
+    assert cv_squared(torch.full((4,), 0.25)).item() == 0.0
+    assert balance_loss([torch.full((5, 4), 0.25)] * 4).item() == 0.0
+
+
+def test_gate_keeps_top_k_and_renormalises():
+    model = LightweightHierarchicalUTANet(encoder="mobilenetv2", use_moe=True, top_k=3).eval()
+    with torch.no_grad():
+        model(torch.randn(4, 3, 64, 64))
+    assert len(model.gate_weights) == 4
+    for weights in model.gate_weights:
+        assert weights.shape == (4, len(EXPERT_NAMES))
+        assert torch.all((weights > 0).sum(dim=1) == 3)
+        torch.testing.assert_close(weights.sum(dim=1), torch.ones(4))
+
+
+@pytest.mark.parametrize("top_k", (1, 2, 3, 4))
+def test_every_top_k_trains(top_k):
+    model = LightweightHierarchicalUTANet(encoder="mobilenetv2", use_moe=True, top_k=top_k).train()
+    logits = model(torch.randn(4, 3, 64, 64))
+    (logits.mean() + 0.01 * model.balance_loss).backward()
+    assert model.balance_loss.requires_grad
+    assert all((w > 0).sum(dim=1).eq(top_k).all() for w in model.gate_weights)
+
+
+def test_every_expert_receives_gradient_at_k2():
+    torch.manual_seed(0)
+    model = LightweightHierarchicalUTANet(encoder="mobilenetv2", use_moe=True, top_k=2).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    got_grad = {name: False for name, _ in model.moe.experts.named_parameters()}
+    for _ in range(4):
+        optimizer.zero_grad()
+        logits = model(torch.randn(8, 3, 64, 64))
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.rand_like(logits).round())
+        (loss + 0.01 * model.balance_loss).backward()
+        for name, param in model.moe.experts.named_parameters():
+            got_grad[name] |= param.grad is not None and bool(param.grad.abs().sum() > 0)
+        optimizer.step()
+    assert all(got_grad.values()), [name for name, ok in got_grad.items() if not ok]
+
+
+def test_sparse_routing_skips_unselected_experts_and_equals_dense():
+    torch.manual_seed(0)
+    model = LightweightHierarchicalUTANet(encoder="mobilenetv2", use_moe=True, top_k=2).eval()
+    randomise_dockers(model)
+    for gate in model.moe.gates:  # route every sample to experts 0 and 1
+        torch.nn.init.zeros_(gate.logits.weight)
+        gate.logits.bias.data = torch.tensor([2.0, 1.0, 0.0, -1.0])
+    calls = {index: 0 for index in range(len(EXPERT_NAMES))}
+    hooks = [
+        expert.register_forward_hook(lambda _m, args, _o, index=index: calls.__setitem__(index, calls[index] + len(args[0])))
+        for index, expert in enumerate(model.moe.experts)
+    ]
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        sparse = model(x)
+    assert calls == {0: 3, 1: 3, 2: 0, 3: 0}
+    for hook in hooks:
+        hook.remove()
+    with torch.no_grad():
+        skips = model.encoder(x)[:-1]
+        fused = model.moe.fuse(skips, [skips[2].shape[2], skips[2].shape[3]])
+        weights = [gate(fused) for gate in model.moe.gates]
+        for dense_out, sparse_out in zip(model.moe.mix_dense(fused, weights), model.moe.mix_sparse(fused, weights)):
+            torch.testing.assert_close(dense_out, sparse_out, atol=1e-6, rtol=1e-5)
+    scripted = torch.jit.script(model)  # scripted code takes the dense path
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), sparse, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("encoder", ENCODER_NAMES)
+def test_stage1_state_dict_loads_into_stage2(encoder):
+    stage1 = LightweightHierarchicalUTANet(encoder=encoder, use_moe=False)
+    stage2 = LightweightHierarchicalUTANet(encoder=encoder, use_moe=True)
+    result = stage2.load_state_dict(stage1.state_dict(), strict=False)
+    assert result.unexpected_keys == []
+    assert result.missing_keys and all(key.startswith("moe.") for key in result.missing_keys)
+    assert {key.split(".")[1] for key in result.missing_keys} == {"fuse", "experts", "gates", "dockers"}
+    stage2.eval(), stage1.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():  # zero-initialised dockers: stage 2 starts exactly at stage 1's output
+        torch.testing.assert_close(stage2(x), stage1(x))
+
+
+def test_balance_loss_exposed_and_zero_in_stage1():
+    model = LightweightHierarchicalUTANet(encoder="mobilenetv2").train()
+    model(torch.randn(2, 3, 64, 64))
+    assert model.balance_loss.item() == 0.0 and model.gate_weights == []
+
+
+def test_seed_factory_call_style():
+    model = lightweight_hierarchical_utanet(input_channel=1, num_classes=2, pretrained=True, use_mobilenet=True)
+    assert model.use_moe and isinstance(model.encoder, type(build_encoder("mobilenetv2")))
+    output, moe_loss = model.train()(torch.randn(2, 1, 64, 64))
+    assert output.shape == (2, 2, 64, 64) and moe_loss.ndim == 0 and moe_loss.item() >= 0
+
+
+@pytest.mark.parametrize("encoder", ENCODER_NAMES)
+def test_torchscript_and_onnx_match_eager(encoder, tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime", reason="onnxruntime is a pinned requirement")
+    from monai.networks.utils import convert_to_onnx, convert_to_torchscript
+
+    torch.manual_seed(0)
+    model = LightweightHierarchicalUTANet(encoder=encoder, use_moe=True).eval()
+    randomise_dockers(model)
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        eager = model(x)
+    scripted = convert_to_torchscript(model, filename_or_obj=str(tmp_path / "model.ts"))
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), eager, atol=1e-4, rtol=1e-4)
+    onnx_path = tmp_path / "model.onnx"
+    convert_to_onnx(
+        model,
+        inputs=[x],
+        input_names=["image"],
+        output_names=["pred"],
+        filename=str(onnx_path),
+        dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, "pred": {0: "batch", 2: "height", 3: "width"}},
+        opset_version=17,
+        use_trace=True,
+    )
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    other = torch.randn(1, 3, 128, 64)  # another batch and size than at export
+    for sample in (x, other):
+        with torch.no_grad():
+            expected = model(sample).numpy()
+        np.testing.assert_allclose(session.run(None, {"image": sample.numpy()})[0], expected, atol=1e-4)
+
+
+# Names and parameter counts published for torchvision's resnet34 and mobilenet_v2 (without the
+# classifier, and for MobileNetV2 without the final 1280-channel conv that the encoder leaves out).
+TORCHVISION_KEYS = {
+    "resnet34": ["conv1.weight", "bn1.running_var", "layer1.2.conv2.weight", "layer2.0.downsample.0.weight",
+                 "layer2.0.downsample.1.bias", "layer3.5.bn2.weight", "layer4.2.bn2.num_batches_tracked"],
+    "mobilenetv2": ["features.0.0.weight", "features.0.1.running_mean", "features.1.conv.0.0.weight",
+                    "features.1.conv.1.weight", "features.2.conv.1.0.weight", "features.17.conv.3.bias"],
+}
+TORCHVISION_PARAMS = {"resnet34": 21_797_672 - 513_000, "mobilenetv2": 3_504_872 - 1_281_000 - 412_160}
+TORCHVISION_UNUSED = {"resnet34": {"fc.weight": (1000, 512), "fc.bias": (1000,)},
+                      "mobilenetv2": {"features.18.0.weight": (1280, 320, 1, 1), "classifier.1.weight": (1000, 1280)}}
+
+
+@pytest.mark.parametrize("encoder", ENCODER_NAMES)
+def test_encoder_weights_load_from_torchvision_names(encoder, tmp_path):
+    reference = build_encoder(encoder)
+    assert sum(p.numel() for p in reference.parameters()) == TORCHVISION_PARAMS[encoder]
+    state = {key: torch.randn_like(value.float()).to(value.dtype) for key, value in reference.state_dict().items()}
+    assert set(TORCHVISION_KEYS[encoder]) <= set(state)
+    state.update({key: torch.randn(shape) for key, shape in TORCHVISION_UNUSED[encoder].items()})
+    path = tmp_path / "imagenet.pth"
+    torch.save(state, path)
+
+    model = LightweightHierarchicalUTANet(encoder=encoder, encoder_weights=str(path))
+    for key, value in model.encoder.state_dict().items():
+        torch.testing.assert_close(value, state[key])
+    grey = LightweightHierarchicalUTANet(in_channels=1, encoder=encoder, encoder_weights=str(path))
+    stem = next(iter(grey.encoder.state_dict()))
+    torch.testing.assert_close(grey.encoder.state_dict()[stem], state[stem].sum(dim=1, keepdim=True))
+
+    state["layer9.weird.weight"] = torch.zeros(1)
+    del state[TORCHVISION_KEYS[encoder][2]]
+    torch.save(state, path)
+    with pytest.raises(ValueError) as error:
+        LightweightHierarchicalUTANet(encoder=encoder, encoder_weights=str(path))
+    assert "layer9.weird.weight" in str(error.value) and TORCHVISION_KEYS[encoder][2] in str(error.value)
+    with pytest.raises(FileNotFoundError, match="never downloaded"):
+        LightweightHierarchicalUTANet(encoder=encoder, encoder_weights=str(tmp_path / "missing.pth"))
