@@ -1,1 +1,3 @@
-"""LH-UTANet MONAI bundle: networks, data, transforms and handlers."""
+"""LH-UTANet MONAI bundle: networks, data, transforms, checkpoints and handlers."""
+
+from . import checkpoints, data, handlers, io, networks, transforms

@@ -8,13 +8,14 @@ import math
 import os
 import random
 import re
-import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+
+from .io import atomic_write, atomic_write_json
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz")
 MASK_TAGS: tuple[str, ...] = ("_segmentation", "_mask")
@@ -254,8 +255,9 @@ def load_datalist(dataset_dir: str | os.PathLike, val_fraction: float = 0.2, see
     """Return ``training`` / ``validation`` / ``test`` lists of ``{"image", "label"}`` (absolute paths, sorted).
 
     Uses ``dataset_dir/datalist.json`` if present, else ``dataset_dir/split.csv`` (``name,split`` rows; pairs not
-    listed are left out), else discovered pairs split by :func:`split_pairs`. A missing validation split is taken
-    from training with ``val_fraction`` and ``seed``.
+    listed are left out), else discovered pairs split by :func:`split_pairs`, with the images named in a
+    ``*test_names.txt`` file (one name a line, e.g. Kvasir-SEG's ``pranet_test_names.txt``) as the test split.
+    A missing validation split is taken from training with ``val_fraction`` and ``seed``.
     """
     root = _existing_dir(dataset_dir)
     json_path, csv_path = root / "datalist.json", root / "split.csv"
@@ -264,7 +266,11 @@ def load_datalist(dataset_dir: str | os.PathLike, val_fraction: float = 0.2, see
     elif csv_path.is_file():
         source, data = csv_path, _read_split_csv(csv_path, root)
     else:
-        return split_pairs(find_image_mask_pairs(root), val_fraction=val_fraction, seed=seed)
+        names_files = sorted(root.glob("*test_names.txt"))
+        if len(names_files) > 1:
+            raise ValueError(f"{root}: several test-name files, keep one: {_format_files(names_files)}")
+        test_names = names_files[0].read_text(encoding="utf-8").splitlines() if names_files else None
+        return split_pairs(find_image_mask_pairs(root), val_fraction=val_fraction, seed=seed, test_names=test_names)
     if "validation" not in data:
         split = split_pairs(data["training"], val_fraction=val_fraction, seed=seed)
         data["training"], data["validation"] = split["training"], split["validation"]
@@ -352,18 +358,6 @@ def _demo_sample(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nd
     return rgb, np.where(alpha >= 0.5, 255, 0).astype(np.uint8)
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write via ``write(tmp)`` to a hidden temp file in the same folder, then ``os.replace`` it to ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def make_demo_dataset(out_dir: str | os.PathLike, num_images: int = 200, size: int = 256, seed: int = 0) -> str:
     """Write a deterministic synthetic polyp-like set to ``out_dir/images`` + ``out_dir/masks`` (PNG).
 
@@ -395,6 +389,6 @@ def make_demo_dataset(out_dir: str | os.PathLike, num_images: int = 200, size: i
         arrays = _demo_sample(np.random.default_rng([seed, index]), size)
         for path, array in zip((image_dir / name, mask_dir / name), arrays):
             if path in targets:
-                _atomic_write(path, lambda tmp, a=array: Image.fromarray(a).save(tmp, format="PNG", compress_level=1))
-    _atomic_write(manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=4) + "\n", encoding="utf-8"))
+                atomic_write(path, lambda tmp, a=array: Image.fromarray(a).save(tmp, format="PNG", compress_level=1))
+    atomic_write_json(manifest_path, manifest)
     return str(root)

@@ -7,16 +7,15 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bundle.data import find_image_mask_pairs, split_pairs  # noqa: E402
+from bundle.io import atomic_write_json  # noqa: E402
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -49,16 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     datalist = {
         key: [{k: os.path.relpath(v, root) for k, v in pair.items()} for pair in items] for key, items in splits.items()
     }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(datalist, f, indent=4)
-            f.write("\n")
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_json(output, datalist)
     for key, items in datalist.items():
         print(f"{key}: {len(items)}")
     print(f"wrote {output}")

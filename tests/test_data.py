@@ -164,6 +164,10 @@ def test_load_datalist_discovers_and_splits(tmp_path: Path) -> None:
     names = [f"n{k}.png" for k in range(10)]
     data = load_datalist(_make(tmp_path, names, names), val_fraction=0.2, seed=1)
     assert (len(data["training"]), len(data["validation"]), data["test"]) == (8, 2, [])
+    (tmp_path / "my_test_names.txt").write_text("n3\nn7.png\n")
+    data = load_datalist(tmp_path, val_fraction=0.2, seed=1)
+    assert [Path(p["image"]).name for p in data["test"]] == ["n3.png", "n7.png"]
+    assert (len(data["training"]), len(data["validation"])) == (6, 2)
 
 
 def _run_prepare(*args: str) -> subprocess.CompletedProcess[str]:
@@ -253,3 +257,4 @@ def test_real_kvasir_pranet_split() -> None:
     split = split_pairs(find_image_mask_pairs(kvasir), val_fraction=0.2, seed=0, test_names=names)
     assert len(split["test"]) == 100
     assert len(split["training"]) + len(split["validation"]) == 900
+    assert load_datalist(kvasir)["test"] == split["test"]  # pranet_test_names.txt is picked up by itself

@@ -13,7 +13,6 @@ from bundle.networks import (
     build_encoder,
     cv_squared,
     lightweight_hierarchical_utanet,
-    load_encoder_weights,
 )
 
 ENCODER_NAMES = ("resnet34", "mobilenetv2")

@@ -1,0 +1,78 @@
+"""Reading and checking checkpoints: which stage a checkpoint holds, and stage-1 -> stage-2 loading."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+MOE_PREFIX = "moe."
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a model state_dict from ``path`` on the CPU.
+
+    Accepts a plain state_dict or a dict holding one under ``"model"`` or ``"state_dict"`` (MONAI
+    CheckpointSaver, Lightning). Raises FileNotFoundError or ValueError naming the file when it is
+    missing, truncated or not a checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises RuntimeError, EOFError, pickle errors ... for broken files
+        raise ValueError(f"checkpoint {path} is truncated or corrupt and cannot be read: {error}") from error
+    for key in ("model", "state_dict"):
+        if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
+            checkpoint = checkpoint[key]
+    if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        raise ValueError(f"{path} does not hold a model state_dict (a dict of tensors).")
+    return checkpoint
+
+
+def is_moe_checkpoint(path: str | os.PathLike) -> bool:
+    """True when the checkpoint at ``path`` holds a stage-2 (``use_moe=True``) network."""
+    return any(key.startswith(MOE_PREFIX) for key in read_state_dict(path))
+
+
+def final_or_stage1_checkpoint(ckpt_dir: str | os.PathLike) -> str:
+    """``ckpt_dir/model.pt`` (stage 2, the final model) if it exists, else ``ckpt_dir/stage1/model.pt``."""
+    candidates = [Path(ckpt_dir) / "model.pt", Path(ckpt_dir) / "stage1" / "model.pt"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return str(candidate)
+    raise FileNotFoundError(f"no checkpoint found: looked for {candidates[0]} and {candidates[1]}. Train first.")
+
+
+def load_stage1_weights(network: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load a stage-1 checkpoint into a stage-2 network: every non-MoE key must match in name and shape.
+
+    Logs which keys loaded and which are new (the ``moe.*`` keys). Raises ValueError, naming the file
+    and the keys, when a non-MoE key is missing or mis-shaped (e.g. a checkpoint of the other encoder),
+    so nothing half-loads silently. Returns ``network``.
+    """
+    state = read_state_dict(path)
+    own = network.state_dict()
+    missing = [k for k in own if k not in state and not k.startswith(MOE_PREFIX)]
+    mismatched = [f"{k} {tuple(state[k].shape)}->{tuple(v.shape)}" for k, v in own.items() if k in state and state[k].shape != v.shape]
+    unexpected = [k for k in state if k not in own]
+    if missing or mismatched or unexpected:
+        listing = "; ".join(
+            f"{label} ({len(keys)}): {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
+            for label, keys in (("missing", missing), ("wrong shape", mismatched), ("unexpected", unexpected))
+            if keys
+        )
+        raise ValueError(
+            f"{path} does not fit this stage-2 network ({listing}). Was it trained with another encoder, "
+            f"in_channels or out_channels? Pass the same network settings as in stage 1."
+        )
+    network.load_state_dict(state, strict=False)
+    new = [k for k in own if k not in state]
+    logger.info("stage 1 -> stage 2: loaded %d tensors from %s; %d new MoE tensors: %s", len(state), path, len(new), ", ".join(new))
+    return network

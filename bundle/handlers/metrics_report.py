@@ -1,0 +1,104 @@
+"""Per-image segmentation metrics of an evaluation run, written as one CSV plus a JSON summary."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from monai.metrics import (
+    compute_confusion_matrix_metric,
+    compute_dice,
+    compute_hausdorff_distance,
+    compute_iou,
+    get_confusion_matrix,
+)
+from monai.utils import ImageMetaKey
+
+from bundle.io import atomic_write_json, atomic_write_text
+
+METRIC_NAMES: tuple[str, ...] = ("dice", "iou", "precision", "recall", "hd95")
+
+
+def binary_metrics(pred: torch.Tensor, label: torch.Tensor) -> dict[str, float]:
+    """Dice, IoU, precision, recall and HD95 (pixels) of one binary (1, H, W) prediction against its label.
+
+    As in MONAI's metric handlers, Dice and IoU are NaN when the label is empty; precision is NaN
+    when nothing is predicted; HD95 is NaN when either mask is empty.
+    """
+    pred, label = pred[None].float(), label[None].float()
+    confusion = get_confusion_matrix(pred, label, include_background=True)
+    values = {
+        "dice": compute_dice(pred, label, include_background=True),
+        "iou": compute_iou(pred, label, include_background=True),
+        "precision": compute_confusion_matrix_metric("precision", confusion),
+        "recall": compute_confusion_matrix_metric("recall", confusion),
+        "hd95": (
+            compute_hausdorff_distance(pred, label, include_background=True, percentile=95)
+            if pred.any() and label.any()
+            else torch.tensor(float("nan"))
+        ),
+    }
+    return {name: float(value.flatten()[0]) for name, value in values.items()}
+
+
+class SegmentationMetricsWriter:
+    """Collect :func:`binary_metrics` for every image an evaluator sees; write them when the run ends.
+
+    Writes ``{prefix}_per_image.csv`` (image, dice, iou, precision, recall, hd95) and
+    ``{prefix}_summary.json`` (mean, median, std and count of non-NaN values per metric) into
+    ``output_dir``, atomically. Refuses to start when those files exist, unless ``overwrite``.
+    Expects post-processed, decollated outputs with binary ``pred`` and ``label`` of equal size
+    (at the original resolution when the evaluator inverts its resizing).
+
+    Args:
+        output_dir: folder for the two files.
+        prefix: file name prefix.
+        overwrite: replace existing reports instead of refusing to start.
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, prefix: str = "metrics", overwrite: bool = False) -> None:
+        self.csv_path = Path(output_dir) / f"{prefix}_per_image.csv"
+        self.summary_path = Path(output_dir) / f"{prefix}_summary.json"
+        self.overwrite = overwrite
+        self.rows: list[dict[str, object]] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.start)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
+
+    def start(self, engine: Engine) -> None:
+        existing = [str(p) for p in (self.csv_path, self.summary_path) if p.exists()]
+        if existing and not self.overwrite:
+            raise FileExistsError(f"{', '.join(existing)} already exist; set overwrite=True or choose another output_dir.")
+        self.rows = []
+
+    def collect(self, engine: Engine) -> None:
+        for item in engine.state.output:
+            name = getattr(item["image"], "meta", {}).get(ImageMetaKey.FILENAME_OR_OBJ, f"image_{len(self.rows)}")
+            self.rows.append({"image": str(name), **binary_metrics(item["pred"], item["label"])})
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """Mean, median, std and count of the non-NaN per-image values of each metric."""
+        result = {}
+        for metric in METRIC_NAMES:
+            values = np.array([row[metric] for row in self.rows], dtype=float)
+            values = values[np.isfinite(values)]
+            stats = (np.mean(values), np.median(values), np.std(values)) if len(values) else (math.nan,) * 3
+            result[metric] = {"mean": float(stats[0]), "median": float(stats[1]), "std": float(stats[2]), "count": len(values)}
+        return result
+
+    def write(self, engine: Engine) -> None:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=["image", *METRIC_NAMES])
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_text(self.csv_path, buffer.getvalue())
+        atomic_write_json(self.summary_path, {"images": len(self.rows), "metrics": self.summary()})
+        engine.logger.info("per-image metrics: %s; summary: %s", self.csv_path, self.summary_path)
