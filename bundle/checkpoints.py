@@ -36,9 +36,23 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return checkpoint
 
 
-def is_moe_checkpoint(path: str | os.PathLike) -> bool:
-    """True when the checkpoint at ``path`` holds a stage-2 (``use_moe=True``) network."""
-    return any(key.startswith(MOE_PREFIX) for key in read_state_dict(path))
+def network_kwargs_from_checkpoint(path: str | os.PathLike) -> dict[str, object]:
+    """``encoder``, ``use_moe``, ``in_channels`` and ``out_channels`` of the LH-UTANet saved at ``path``.
+
+    Read from the key names and the stem/head shapes, so evaluation and inference build the network
+    the checkpoint needs. ``top_k`` has no parameters and cannot be read back.
+    """
+    state = read_state_dict(path)
+    stems = {"encoder.conv1.weight": "resnet34", "encoder.features.0.0.weight": "mobilenetv2"}
+    found = [key for key in stems if key in state]
+    if len(found) != 1 or "head.weight" not in state:
+        raise ValueError(f"{path} is not an LH-UTANet checkpoint (no encoder stem or head weights found).")
+    return {
+        "encoder": stems[found[0]],
+        "use_moe": any(key.startswith(MOE_PREFIX) for key in state),
+        "in_channels": int(state[found[0]].shape[1]),
+        "out_channels": int(state["head.weight"].shape[0]),
+    }
 
 
 def final_or_stage1_checkpoint(ckpt_dir: str | os.PathLike) -> str:

@@ -120,10 +120,16 @@ def test_sparse_routing_skips_unselected_experts_and_equals_dense():
         hook.remove()
     with torch.no_grad():
         skips = model.encoder(x)[:-1]
-        fused = model.moe.fuse(skips, [skips[2].shape[2], skips[2].shape[3]])
-        weights = [gate(fused) for gate in model.moe.gates]
-        for dense_out, sparse_out in zip(model.moe.mix_dense(fused, weights), model.moe.mix_sparse(fused, weights)):
-            torch.testing.assert_close(dense_out, sparse_out, atol=1e-6, rtol=1e-5)
+        fusion = skips[model.moe.fusion_index]
+        fused = model.moe.fuse(skips, [fusion.shape[2], fusion.shape[3]])
+        forced = [gate(torch.nn.functional.adaptive_avg_pool2d(fused, 1)) for gate in model.moe.gates]
+        partial = [torch.zeros(3, 4) for _ in range(4)]  # gate g sends sample b to experts b+g and b+g+1
+        for g, weights in enumerate(partial):
+            for b in range(3):
+                weights[b, (b + g) % 4], weights[b, (b + g + 1) % 4] = 0.6, 0.4
+        for weights in (forced, partial):
+            for dense_mix, sparse_mix in zip(model.moe.mix_dense(fused, weights), model.moe.mix_sparse(fused, weights)):
+                torch.testing.assert_close(dense_mix, sparse_mix, atol=1e-6, rtol=1e-5)
     scripted = torch.jit.script(model)  # scripted code takes the dense path
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), sparse, atol=1e-5, rtol=1e-4)

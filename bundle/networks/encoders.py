@@ -27,6 +27,7 @@ class ResNet34Encoder(ResNet):
 
     out_channels: tuple[int, ...] = (64, 64, 128, 256, 512)
     unused_pretrained_prefixes: tuple[str, ...] = ("fc.",)
+    moe_fusion_index: int = 2  # the MoE runs at H/8 (see docs/architecture.md for the measured costs)
 
     def __init__(self, in_channels: int = 3) -> None:
         super().__init__(
@@ -87,6 +88,7 @@ class MobileNetV2Encoder(nn.Module):
 
     out_channels: tuple[int, ...] = (16, 24, 32, 96, 320)
     unused_pretrained_prefixes: tuple[str, ...] = ("features.18.", "classifier.")
+    moe_fusion_index: int = 3  # the MoE runs at H/16: at H/8 it would add > 15% to this small network's latency
     # (expand_ratio, out_channels, repeats, first stride), the standard width-1.0 table
     settings: tuple[tuple[int, int, int, int], ...] = (
         (1, 16, 1, 1),

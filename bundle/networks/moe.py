@@ -74,9 +74,10 @@ def is_exporting() -> bool:
 
 
 class TopKGate(nn.Module):
-    """Global average pooling -> 1×1 conv -> softmax over experts, keep the top k, renormalise.
+    """1×1 conv on globally pooled features -> softmax over experts, keep the top k, renormalise.
 
-    (B, C, H, W) -> (B, num_experts) weights with exactly ``top_k`` non-zeros per row summing to 1.
+    (B, C, 1, 1) pooled features (global average pooling, shared by all gates) -> (B, num_experts)
+    weights with exactly ``top_k`` non-zeros per row summing to 1.
     """
 
     def __init__(self, channels: int, num_experts: int, top_k: int) -> None:
@@ -84,8 +85,8 @@ class TopKGate(nn.Module):
         self.top_k = top_k
         self.logits = nn.Conv2d(channels, num_experts, kernel_size=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probabilities = torch.softmax(self.logits(F.adaptive_avg_pool2d(x, 1)).flatten(1), dim=1)
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        probabilities = torch.softmax(self.logits(pooled).flatten(1), dim=1)
         top_values, top_indices = probabilities.topk(self.top_k, dim=1)
         top_values = top_values / top_values.sum(dim=1, keepdim=True)
         return torch.zeros_like(probabilities).scatter(1, top_indices, top_values)
@@ -146,33 +147,38 @@ class HierarchicalMoE(nn.Module):
             nn.init.zeros_(docker.weight)
             nn.init.zeros_(docker.bias)
 
-    def mix_dense(self, fused: torch.Tensor, gate_weights: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Run every expert on every sample and weight by the (sparse) gates; used for export."""
-        mixed = [torch.zeros_like(fused) for _ in gate_weights]
-        for index, expert in enumerate(self.experts):
-            out = expert(fused)
-            for gate, weights in enumerate(gate_weights):
-                mixed[gate] = mixed[gate] + weights[:, index].view(-1, 1, 1, 1) * out
-        return mixed
+    @staticmethod
+    def combine(gate_weights: list[torch.Tensor], expert_outputs: list[torch.Tensor]) -> torch.Tensor:
+        """Weight expert outputs [(B, C, H, W)] * E by the gates [(B, E)] * G -> (G, B, C, H, W), in one einsum."""
+        return torch.einsum("gbe,ebchw->gbchw", torch.stack(gate_weights), torch.stack(expert_outputs))
 
-    def mix_sparse(self, fused: torch.Tensor, gate_weights: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Run each expert only on the samples that some gate routed to it (eager mode)."""
-        mixed = [torch.zeros_like(fused) for _ in gate_weights]
-        routed = torch.stack(gate_weights)  # (gates, B, experts)
+    def mix_dense(self, fused: torch.Tensor, gate_weights: list[torch.Tensor]) -> torch.Tensor:
+        """Run every expert on every sample and weight by the (sparse) gates; used for export."""
+        return self.combine(gate_weights, [expert(fused) for expert in self.experts])
+
+    def mix_sparse(self, fused: torch.Tensor, gate_weights: list[torch.Tensor]) -> torch.Tensor:
+        """Run each expert only on the samples that some gate routed to it (eager mode).
+
+        An expert no gate chose for any sample is skipped (zeros stand in for it, weighted by zeros);
+        one chosen for part of the batch runs on that part only (``index_select``, then ``index_copy``).
+        """
+        used = torch.stack(gate_weights).gt(0).any(dim=0)  # (B, experts)
+        outputs: list[torch.Tensor] = []
         for index, expert in enumerate(self.experts):
-            samples = (routed[:, :, index] > 0).any(dim=0).nonzero().flatten()
-            if samples.numel() == 0:
-                continue
-            out = expert(fused.index_select(0, samples))
-            for gate in range(len(gate_weights)):
-                weights = routed[gate, samples, index].view(-1, 1, 1, 1)
-                mixed[gate] = mixed[gate].index_add(0, samples, weights * out)
-        return mixed
+            samples = used[:, index].nonzero().flatten()
+            if samples.numel() == fused.shape[0]:
+                outputs.append(expert(fused))
+            elif samples.numel() == 0:
+                outputs.append(torch.zeros_like(fused))
+            else:
+                outputs.append(torch.zeros_like(fused).index_copy(0, samples, expert(fused.index_select(0, samples))))
+        return self.combine(gate_weights, outputs)
 
     def forward(self, skips: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]]:
         size = [skips[self.fusion_index].shape[2], skips[self.fusion_index].shape[3]]
         fused = self.fuse(skips, size)
-        gate_weights = [gate(fused) for gate in self.gates]
+        pooled = F.adaptive_avg_pool2d(fused, 1)
+        gate_weights = [gate(pooled) for gate in self.gates]
         if torch.jit.is_scripting():
             mixed = self.mix_dense(fused, gate_weights)
         else:

@@ -1,0 +1,102 @@
+"""Ignite handler that adds the MoE balance loss to the training loss and monitors expert usage."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from ignite.engine import Engine, Events
+from monai.engines.utils import IterationEvents
+from monai.utils import CommonKeys
+
+from bundle.io import atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+COLLAPSE_REMEDIES = (
+    "the seed's remedies: raise moe_loss_weight (lambda, e.g. 0.02-0.1), add training data, check the gate "
+    "initialisation, and make sure stage 1 was trained before the MoE (end-to-end training can collapse)."
+)
+
+
+def unwrap(network: torch.nn.Module) -> torch.nn.Module:
+    """The module inside DistributedDataParallel / DataParallel wrappers."""
+    return getattr(network, "module", network)
+
+
+class MoEBalanceLossHandler:
+    """Adds ``loss_weight * network.balance_loss`` to the trainer's loss before backward; logs expert usage.
+
+    MONAI's SupervisedTrainer fires ``LOSS_COMPLETED`` between computing the loss and calling
+    ``backward()``, so the sum is what gets differentiated. Every epoch it stores, in
+    ``engine.state.metrics`` (picked up by StatsHandler and TensorBoardStatsHandler), the mean balance
+    term as ``moe_balance_loss`` and each gate's share of gate mass per expert as
+    ``moe_usage/gate{g}/{expert}``; it writes the history to ``output_dir/moe_usage.json`` and warns when
+    one expert takes more than ``collapse_threshold`` of a gate's mass. Networks without a balance loss
+    (stage 1, MONAI peers) are left alone after one info line.
+
+    Args:
+        loss_weight: lambda; the seed recommends 0.005-0.02 (allowed 0.001-0.1), 0 only monitors.
+        output_dir: folder for ``moe_usage.json``; None writes nothing.
+        collapse_threshold: share of a gate's mass above which one expert counts as collapsed.
+    """
+
+    def __init__(self, loss_weight: float = 0.01, output_dir: str | os.PathLike | None = None, collapse_threshold: float = 0.8) -> None:
+        if loss_weight < 0:
+            raise ValueError(f"moe_loss_weight must be >= 0, got {loss_weight}.")
+        self.loss_weight = loss_weight
+        self.summary_path = Path(output_dir) / "moe_usage.json" if output_dir is not None else None
+        self.collapse_threshold = collapse_threshold
+        self.history: list[dict] = []
+        self.reported_no_moe = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self.gate_mass: torch.Tensor | None = None
+        self.balance_sum, self.iterations = 0.0, 0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(IterationEvents.LOSS_COMPLETED, self.add_balance_loss)
+        engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self._reset())
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+
+    def has_moe(self, engine: Engine) -> bool:
+        return bool(getattr(unwrap(engine.network), "gate_weights", None))
+
+    def add_balance_loss(self, engine: Engine) -> None:
+        network = unwrap(engine.network)
+        if not self.has_moe(engine):
+            if not self.reported_no_moe:
+                logger.info("%s has no MoE balance loss: nothing to add.", type(network).__name__)
+                self.reported_no_moe = True
+            return
+        balance = network.balance_loss
+        engine.state.output[CommonKeys.LOSS] = engine.state.output[CommonKeys.LOSS] + self.loss_weight * balance
+        mass = torch.stack([weights.sum(dim=0) for weights in network.gate_weights]).float().cpu()  # (gates, experts)
+        self.gate_mass = mass if self.gate_mass is None else self.gate_mass + mass
+        self.balance_sum += float(balance.detach())
+        self.iterations += 1
+
+    def epoch_completed(self, engine: Engine) -> None:
+        if self.gate_mass is None:
+            return
+        network = unwrap(engine.network)
+        experts = list(getattr(getattr(network, "moe", None), "expert_names", range(self.gate_mass.shape[1])))
+        shares = self.gate_mass / self.gate_mass.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        record = {"epoch": engine.state.epoch, "balance_loss": self.balance_sum / max(self.iterations, 1), "usage": {}}
+        engine.state.metrics["moe_balance_loss"] = record["balance_loss"]
+        for gate, gate_shares in enumerate(shares.tolist()):
+            record["usage"][f"gate{gate}"] = dict(zip(map(str, experts), gate_shares))
+            for expert, share in zip(experts, gate_shares):
+                engine.state.metrics[f"moe_usage/gate{gate}/{expert}"] = share
+            top = max(range(len(gate_shares)), key=gate_shares.__getitem__)
+            if gate_shares[top] > self.collapse_threshold:
+                logger.warning(
+                    "MoE gate %d collapsed in epoch %d: expert '%s' takes %.0f%% of its mass (> %.0f%%). Try %s",
+                    gate, engine.state.epoch, experts[top], 100 * gate_shares[top], 100 * self.collapse_threshold, COLLAPSE_REMEDIES,
+                )
+        self.history.append(record)
+        if self.summary_path is not None:
+            atomic_write_json(self.summary_path, {"moe_loss_weight": self.loss_weight, "experts": experts, "epochs": self.history})
