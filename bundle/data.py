@@ -44,7 +44,7 @@ _DEMO_NAME = re.compile(r"demo_\d{4,}\.png")
 Pair = dict[str, str]
 
 
-def _split_suffix(name: str) -> tuple[str, str]:
+def split_suffix(name: str) -> tuple[str, str]:
     """Split a file name into ``(stem, lower-case image suffix)``; ``.nii.gz`` counts as one suffix."""
     lower = name.lower()
     for suffix in IMAGE_SUFFIXES:
@@ -83,7 +83,7 @@ def _image_files(folder: Path, recursive: bool) -> list[Path]:
         path
         for path in candidates
         if path.is_file()
-        and _split_suffix(path.name)[1]
+        and split_suffix(path.name)[1]
         and not any(part.startswith(".") for part in path.relative_to(folder).parts)
     )
 
@@ -93,7 +93,7 @@ def _index_by_key(files: Iterable[Path], folder: Path, kind: str, problems: list
     groups: dict[str, list[Path]] = {}
     for path in files:
         rel = path.relative_to(folder)
-        groups.setdefault((rel.parent / _split_suffix(rel.name)[0]).as_posix(), []).append(path)
+        groups.setdefault((rel.parent / split_suffix(rel.name)[0]).as_posix(), []).append(path)
     clashes = _clashes(groups.values(), folder)
     if clashes:
         listing = _format_files(clashes)
@@ -145,9 +145,9 @@ def find_image_mask_pairs(dataset_dir: str | os.PathLike) -> list[Pair]:
         files = [
             path
             for path in _image_files(root, recursive=False)
-            if not _split_suffix(path.name)[0].endswith(IGNORED_TAGS)
+            if not split_suffix(path.name)[0].endswith(IGNORED_TAGS)
         ]
-        is_mask = [_split_suffix(path.name)[0].endswith(MASK_TAGS) for path in files]
+        is_mask = [split_suffix(path.name)[0].endswith(MASK_TAGS) for path in files]
         images = _index_by_key([p for p, m in zip(files, is_mask) if not m], root, "image", problems)
         masks = _index_by_key([p for p, m in zip(files, is_mask) if m], root, "mask", problems)
         pairs = _match_masks(images, masks, root, root, problems) if masks else []
@@ -164,12 +164,12 @@ def _select_by_names(pairs: Sequence[Pair], names: Iterable[str]) -> tuple[list[
     for name in names:
         name = name.strip()
         if name:
-            wanted.setdefault(_split_suffix(os.path.basename(name))[0], name)
+            wanted.setdefault(split_suffix(os.path.basename(name))[0], name)
     selected: list[Pair] = []
     others: list[Pair] = []
     found: set[str] = set()
     for pair in pairs:
-        stem = _split_suffix(os.path.basename(pair["image"]))[0]
+        stem = split_suffix(os.path.basename(pair["image"]))[0]
         if stem in wanted:
             selected.append(pair)
             found.add(stem)

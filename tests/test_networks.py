@@ -165,7 +165,9 @@ def test_seed_factory_call_style():
 @pytest.mark.parametrize("encoder", ENCODER_NAMES)
 def test_torchscript_and_onnx_match_eager(encoder, tmp_path):
     onnxruntime = pytest.importorskip("onnxruntime", reason="onnxruntime is a pinned requirement")
-    from monai.networks.utils import convert_to_onnx, convert_to_torchscript
+    from monai.networks.utils import convert_to_torchscript
+
+    from bundle.inference import export_onnx
 
     torch.manual_seed(0)
     model = LightweightHierarchicalUTANet(encoder=encoder, use_moe=True).eval()
@@ -177,16 +179,7 @@ def test_torchscript_and_onnx_match_eager(encoder, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), eager, atol=1e-4, rtol=1e-4)
     onnx_path = tmp_path / "model.onnx"
-    convert_to_onnx(
-        model,
-        inputs=[x],
-        input_names=["image"],
-        output_names=["pred"],
-        filename=str(onnx_path),
-        dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, "pred": {0: "batch", 2: "height", 3: "width"}},
-        opset_version=17,
-        use_trace=True,
-    )
+    export_onnx(model, onnx_path, image_size=(64, 96))
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     other = torch.randn(1, 3, 128, 64)  # another batch and size than at export
     for sample in (x, other):

@@ -1,0 +1,242 @@
+"""configs/inference.json: folder inference at original size, naming, report, bad input, skipping, backends."""
+
+import csv
+
+import nibabel as nib
+import numpy as np
+import pytest
+import tifffile
+import torch
+from monai.bundle import ConfigParser, ckpt_export
+from PIL import Image
+
+from bundle.inference import postprocess_mask
+from bundle.networks import LightweightHierarchicalUTANet
+from scripts.export_onnx import main as export_onnx_main
+from tests.helpers import CONFIGS, run_bundle
+
+FAST = {"image_size": [64, 64], "batch_size": 4, "num_workers": 0, "encoder": "mobilenetv2"}
+AFFINE = np.array([[0.0, 0.8, 0, 5], [0.6, 0.0, 0, -3], [0, 0, 2.0, 1], [0, 0, 0, 1]])
+GOOD = {  # input -> (mask, (H, W))
+    "rgb.png": ("rgb_mask.png", (40, 64)),
+    "photo.jpg": ("photo_mask.png", (48, 56)),
+    "a.png": ("a_png_mask.png", (40, 40)),
+    "a.jpg": ("a_jpg_mask.png", (42, 46)),
+    "sub/grey16.png": ("sub/grey16_mask.png", (50, 44)),
+    "sub/rgba.png": ("sub/rgba_mask.png", (45, 60)),
+    "sub/deep/scan.tif": ("sub/deep/scan_mask.png", (52, 41)),
+    "sub/slice.nii.gz": ("sub/slice_mask.nii.gz", (42, 58)),
+    "sub/deep/vol.nii.gz": ("sub/deep/vol_mask.nii.gz", (44, 52)),
+}
+BAD = {"corrupt.png": "error: ", "empty.jpg": "error: empty file", "notes.txt": "error: unsupported format"}
+
+
+def make_mixed_folder(root):
+    """Every supported kind of input in nested folders, a stem clash, three bad files and a hidden one."""
+    rng = np.random.default_rng(0)
+    (root / "sub" / "deep").mkdir(parents=True)
+
+    def pixels(name, channels=(), dtype=np.uint8, high=255):
+        return rng.integers(0, high, (*GOOD[name][1], *channels), dtype=dtype)
+
+    for name in ("rgb.png", "photo.jpg", "a.png", "a.jpg"):
+        Image.fromarray(pixels(name, (3,))).save(root / name)
+    Image.fromarray(pixels("sub/grey16.png", dtype=np.uint16, high=65535)).save(root / "sub" / "grey16.png")
+    assert Image.open(root / "sub" / "grey16.png").mode.startswith("I")  # really 16-bit
+    Image.fromarray(pixels("sub/rgba.png", (4,))).save(root / "sub" / "rgba.png")
+    tifffile.imwrite(root / "sub" / "deep" / "scan.tif", pixels("sub/deep/scan.tif", dtype=np.uint16, high=4000))
+    nib.save(nib.Nifti1Image(pixels("sub/slice.nii.gz").astype(np.float32), AFFINE), root / "sub" / "slice.nii.gz")
+    volume = pixels("sub/deep/vol.nii.gz").astype(np.int16)[..., None]
+    nib.save(nib.Nifti1Image(volume, AFFINE), root / "sub" / "deep" / "vol.nii.gz")
+    (root / "corrupt.png").write_bytes(rng.integers(0, 256, 500, dtype=np.uint8).tobytes())
+    (root / "empty.jpg").write_bytes(b"")
+    (root / "notes.txt").write_text("not an image")
+    (root / ".hidden.png").write_bytes(b"hidden files are skipped")
+    return root
+
+
+def save_checkpoint(path, all_foreground):
+    """A stage-2 MobileNetV2 checkpoint: all foreground (head bias +10), or random with a mixed mask."""
+    torch.manual_seed(0)
+    network = LightweightHierarchicalUTANet(encoder="mobilenetv2", use_moe=True).eval()
+    with torch.no_grad():
+        if all_foreground:
+            network.head.weight.zero_()
+            network.head.bias.fill_(10.0)
+        else:  # spread the logits (std 3) around 0 so that about half of each mask is foreground
+            example = torch.randn(2, 3, 64, 64)
+            network.head.bias.zero_()
+            network.head.weight.mul_(3 / network(example).std())
+            network.head.bias.fill_(-network(example).median().item())
+    torch.save(network.state_dict(), path)
+    return path
+
+
+def read_report(folder):
+    with open(folder / "predictions.csv", newline="") as f:
+        return {row["path"]: row for row in csv.DictReader(f)}
+
+
+def read_mask(path):
+    return nib.load(path).get_fdata() if path.name.endswith(".nii.gz") else np.asarray(Image.open(path))
+
+
+def messages(error):
+    """Messages of ``error`` and its causes (MONAI wraps errors raised by config expressions)."""
+    chain = []
+    while error is not None:
+        chain.append(str(error))
+        error = error.__cause__ or error.__context__
+    return " | ".join(chain)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and much slower with two on a busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    return make_mixed_folder(tmp_path_factory.mktemp("mixed") / "in")
+
+
+def test_folder_masks_report_naming_and_skipping(tmp_path, mixed):
+    ckpt = save_checkpoint(tmp_path / "fg.pt", all_foreground=True)
+    out = tmp_path / "out"
+    run_bundle(
+        ["inference.json"],
+        "infer",
+        dataset_dir=str(mixed),
+        output_dir=str(out),
+        ckpt_path=str(ckpt),
+        **{**FAST, "num_workers": 1},
+    )
+    report = read_report(out)
+    assert set(report) == set(GOOD) | set(BAD)  # the hidden file is not an input
+    for name, (mask_name, shape) in GOOD.items():
+        mask = read_mask(out / mask_name)
+        assert mask.shape[:2] == shape, name  # original (H, W), not (W, H), not the model size
+        row = report[name]
+        assert row["status"] == "ok" and (int(row["height"]), int(row["width"])) == shape
+        assert float(row["foreground_fraction"]) == 1.0 and row["components"] == "1"
+        assert float(row["mean_foreground_probability"]) > 0.99 and row["mask"] == mask_name
+        if mask_name.endswith(".png"):
+            assert mask.dtype == np.uint8 and set(np.unique(mask)) == {255}
+    for name in ("sub/slice.nii.gz", "sub/deep/vol.nii.gz"):
+        source, written = nib.load(mixed / name), nib.load(out / GOOD[name][0])
+        assert written.shape == source.shape and np.allclose(written.affine, AFFINE)
+    for name, status in BAD.items():
+        assert report[name]["status"].startswith(status), report[name]
+    outputs = sorted(p for p in out.rglob("*") if p.is_file() and p.name != "predictions.csv")
+    assert len(outputs) == len(GOOD) and not list(out.rglob(".*.tmp"))
+
+    mtimes = {p: p.stat().st_mtime_ns for p in outputs}
+    run_bundle(["inference.json"], "infer", dataset_dir=str(mixed), output_dir=str(out), ckpt_path=str(ckpt), **FAST)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "predictions.csv"} == mtimes
+    report = read_report(out)
+    assert all(report[name]["status"] == "skipped: output exists" for name in GOOD)
+    assert all(report[name]["status"].startswith(status) for name, status in BAD.items())
+
+    run_bundle(
+        ["inference.json"],
+        "infer",
+        dataset_dir=str(mixed),
+        output_dir=str(out),
+        ckpt_path=str(ckpt),
+        overwrite=True,
+        save_probabilities=True,
+        save_overlay=True,
+        **FAST,
+    )
+    assert all(row["status"] == "ok" for name, row in read_report(out).items() if name in GOOD)
+    probabilities = np.load(out / "rgb_prob.npy")
+    assert probabilities.shape == (40, 64) and probabilities.dtype == np.float32 and probabilities.min() > 0.99
+    overlay = np.asarray(Image.open(out / "sub" / "rgba_overlay.png"))
+    assert overlay.shape == (45, 60, 3) and (overlay == (0, 255, 0)).all(axis=-1).any()
+
+
+def test_bad_folders_raise(tmp_path):
+    ckpt = save_checkpoint(tmp_path / "fg.pt", all_foreground=True)
+    bad = tmp_path / "bad"
+    (bad / "x").mkdir(parents=True)
+    (bad / "x" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (bad / "readme.txt").write_text("no images")
+    (tmp_path / "empty").mkdir()
+    common = dict(ckpt_path=str(ckpt), output_dir=str(tmp_path / "out"), **FAST)
+    with pytest.raises(Exception) as error:
+        run_bundle(["inference.json"], "infer", dataset_dir=str(bad), **common)
+    assert "could be segmented" in messages(error.value)
+    report = read_report(tmp_path / "out")
+    assert report["x/broken.png"]["status"].startswith("error: ") and report["readme.txt"]["status"].startswith("error")
+    for folder, text in ((tmp_path / "missing", "does not exist"), (tmp_path / "empty", "holds no files")):
+        with pytest.raises(Exception) as error:
+            run_bundle(["inference.json"], "infer", dataset_dir=str(folder), **common)
+        assert text in messages(error.value) and str(folder) in messages(error.value)
+
+
+def test_postprocess_mask_options():
+    probabilities = np.zeros((30, 40), np.float32)
+    probabilities[2:20, 2:20] = 0.9  # a square with a 4x4 hole
+    probabilities[8:12, 8:12] = 0.2
+    probabilities[25:27, 30:32] = 0.7  # a 4-pixel blob
+    mask = postprocess_mask(probabilities)
+    assert mask.sum() == 18 * 18 - 16 + 4
+    assert postprocess_mask(probabilities, threshold=0.8).sum() == 18 * 18 - 16
+    assert postprocess_mask(probabilities, min_component_size=5).sum() == 18 * 18 - 16
+    assert postprocess_mask(probabilities, min_component_size=4).sum() == 18 * 18 - 16 + 4
+    assert postprocess_mask(probabilities, fill_holes=True).sum() == 18 * 18 + 4
+    assert postprocess_mask(probabilities, keep_largest_component=True).sum() == 18 * 18 - 16
+    assert postprocess_mask(probabilities, keep_largest_component=True, fill_holes=True).sum() == 18 * 18
+
+
+def test_torchscript_and_onnx_backends_match_torch(tmp_path, mixed):
+    ckpt = save_checkpoint(tmp_path / "random.pt", all_foreground=False)
+    ts_path, onnx_path = tmp_path / "model.ts", tmp_path / "model.onnx"
+    ckpt_export(
+        "network_def",
+        filepath=str(ts_path),
+        ckpt_file=str(ckpt),
+        meta_file=str(CONFIGS / "metadata.json"),
+        config_file=str(CONFIGS / "inference.json"),
+        encoder="mobilenetv2",
+    )
+    export_onnx_main(["--ckpt_file", str(ckpt), "--filepath", str(onnx_path)])
+    masks = {}
+    for backend in ("torch", "torchscript", "onnx"):
+        out = tmp_path / backend
+        run_bundle(
+            ["inference.json"],
+            "infer",
+            dataset_dir=str(mixed),
+            output_dir=str(out),
+            backend=backend,
+            ckpt_path=str(ckpt),
+            ts_path=str(ts_path),
+            onnx_path=str(onnx_path),
+            **FAST,
+        )
+        outputs = [read_mask(out / name) for name, _ in GOOD.values()]
+        assert [mask.shape[:2] for mask in outputs] == [shape for _, shape in GOOD.values()], backend
+        masks[backend] = np.concatenate([mask.ravel() > 0 for mask in outputs])
+    assert 0.2 < masks["torch"].mean() < 0.8  # a mixed mask, so the comparison means something
+    for backend in ("torchscript", "onnx"):
+        dice = 2 * (masks[backend] & masks["torch"]).sum() / (masks[backend].sum() + masks["torch"].sum())
+        assert dice >= 0.999, backend
+
+
+def test_components_for_monai_label(tmp_path, mixed):
+    """preprocessing -> inferer(network) -> postprocessing on {"image": path} gives a binary pred at original size."""
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser.update({**FAST, "ckpt_path": str(save_checkpoint(tmp_path / "fg.pt", all_foreground=True))})
+    assert parser.get_parsed_content("device") is not None
+    network = parser.get_parsed_content("predictor")  # the torch backend: network with the checkpoint loaded
+    data = parser.get_parsed_content("preprocessing")({"image": str(mixed / "rgb.png")})
+    with torch.inference_mode():
+        data["pred"] = parser.get_parsed_content("inferer")(data["image"][None], network)[0]
+    pred = parser.get_parsed_content("postprocessing")(data)["pred"]
+    assert pred.shape == (1, 40, 64) and set(pred.unique().tolist()) == {1.0}
