@@ -337,6 +337,38 @@ def write_png(path: Path, array: np.ndarray) -> None:
     atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
 
 
+class SaveMaskd(MapTransform):
+    """Write a (1, H, W) binary ``pred`` as ``output_dir/<subfolder>/<stem>_mask.png`` (uint8 0/255, rows kept).
+
+    The subfolder mirrors the source image's folder relative to ``data_root_dir``; the source comes from
+    ``source_key``'s ``filename_or_obj`` metadata. An existing file raises FileExistsError unless
+    ``overwrite``. Writes are atomic.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        output_dir: str | os.PathLike,
+        data_root_dir: str | os.PathLike,
+        source_key: str = "image",
+        overwrite: bool = False,
+    ) -> None:
+        super().__init__(keys)
+        self.output_dir, self.data_root_dir = Path(output_dir), Path(os.path.abspath(data_root_dir))
+        self.source_key, self.overwrite = source_key, overwrite
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        source = Path(os.path.abspath(d[self.source_key].meta["filename_or_obj"]))
+        stem = split_suffix(source.name)[0]
+        for key in self.key_iterator(d):
+            path = self.output_dir / source.parent.relative_to(self.data_root_dir) / f"{stem}_mask.png"
+            if path.exists() and not self.overwrite:
+                raise FileExistsError(f"{path} already exists; set overwrite=True or choose another output_dir.")
+            write_png(path, (torch.as_tensor(d[key])[0].cpu().numpy() > 0).astype(np.uint8) * 255)
+        return d
+
+
 def write_nifti_mask(path: Path, mask: np.ndarray, reference: Path) -> None:
     """Write an (X, Y) uint8 mask as gzipped NIfTI with ``reference``'s shape, affine and header, atomically."""
     image = nib.load(str(reference))

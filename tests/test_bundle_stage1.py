@@ -84,8 +84,11 @@ def test_evaluate_reports_per_image_metrics_at_original_size(tmp_path):
     (tmp_path / "models" / "stage1").mkdir(parents=True)
     torch.save(network.state_dict(), tmp_path / "models" / "stage1" / "model.pt")
 
-    overrides = dict(bundle_root=str(tmp_path), dataset_dir=str(dataset), **FAST)
+    overrides = dict(bundle_root=str(tmp_path), dataset_dir=str(dataset), save_predictions=True, **FAST)
     run_bundle(["train.json", "evaluate.json"], workflow_type="eval", **overrides)
+    for index in range(4):  # saved masks: original (H, W), not transposed, all foreground
+        mask = np.asarray(Image.open(tmp_path / "eval" / "predictions" / "images" / f"case_{index:02d}_mask.png"))
+        assert mask.shape == (50, 70) and mask.min() == 255
     with open(tmp_path / "eval" / "metrics_per_image.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4

@@ -84,6 +84,30 @@ def test_collapse_warning_names_the_remedies(caplog):
     assert any("gate 0" in m and "moe_loss_weight" in m for m in messages), messages
 
 
+def test_handler_leaves_networks_without_moe_alone(caplog):
+    """Peer networks run through the same configs: the handler only logs one info line."""
+    from monai.networks.nets import BasicUNet
+
+    network = BasicUNet(spatial_dims=2, in_channels=3, out_channels=1, features=(4, 4, 8, 8, 16, 4))
+    batch = {"image": torch.randn(2, 3, 32, 32), "label": (torch.rand(2, 1, 32, 32) > 0.5).float()}
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=[batch, batch],
+        network=network,
+        optimizer=torch.optim.SGD(network.parameters(), lr=0.0),
+        loss_function=torch.nn.BCEWithLogitsLoss(),
+        train_handlers=[MoEBalanceLossHandler(loss_weight=0.1)],
+    )
+    with caplog.at_level(logging.INFO, logger="bundle.handlers.moe_loss"):
+        trainer.run()
+    with torch.no_grad():
+        expected = torch.nn.BCEWithLogitsLoss()(network(batch["image"]), batch["label"])
+    assert float(trainer.state.output[0]["loss"]) == pytest.approx(expected.item(), rel=1e-5)
+    assert [r.getMessage() for r in caplog.records] == ["BasicUNet has no MoE balance loss: nothing to add."]
+    assert "moe_balance_loss" not in trainer.state.metrics
+
+
 def test_other_encoder_checkpoint_is_refused(tmp_path):
     resnet_stage1 = stage1_checkpoint(tmp_path, encoder="resnet34")
     network = LightweightHierarchicalUTANet(encoder="mobilenetv2", use_moe=True)
