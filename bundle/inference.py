@@ -292,7 +292,6 @@ class BinaryMaskd(MapTransform):
 
 # ---------------------------------------------------------------- decoding in workers
 
-
 class SafeImageDataset(Dataset):
     """``transform({"image": path})`` per file, plus ``"index"``.
 
@@ -333,8 +332,11 @@ def error_reason(error: BaseException) -> str:
 
 
 def write_png(path: Path, array: np.ndarray) -> None:
-    """Write an (H, W) or (H, W, 3) uint8/uint16 array as PNG, atomically (rows stay rows)."""
-    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
+    """Write an (H, W) or (H, W, 3) uint8/uint16 array as PNG, atomically (rows stay rows).
+
+    zlib level 1: lossless like the default 6, several times faster on masks, files a little larger.
+    """
+    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG", compress_level=1))
 
 
 class SaveMaskd(MapTransform):
@@ -435,8 +437,9 @@ class FolderSegmenter:
 
     Bad files (unreadable, corrupt, empty, unsupported extension) get an ``error: <reason>`` row and
     the run goes on; an input whose outputs exist gets ``skipped: output exists`` and is not
-    touched unless ``overwrite``. ``predictions.csv`` is always rewritten, also when the run stops
-    midway. Raises at the end when no input gave a mask or was skipped.
+    touched unless ``overwrite``. ``predictions.csv`` is rewritten when the run wrote a mask (also when
+    it stops midway), so a re-run with nothing new writes nothing. Raises at the end when no input gave
+    a mask or was skipped.
 
     Args:
         dataset_dir: input folder, searched recursively (hidden files skipped).
@@ -491,7 +494,11 @@ class FolderSegmenter:
                 rows[todo[position]] = row
         finally:
             report = [rows.get(index) or self._error_row(plan, "not processed") for index, plan in enumerate(plans)]
-            write_report(self.output_dir / REPORT_NAME, report)
+            report_path = self.output_dir / REPORT_NAME
+            if self.overwrite or not report_path.exists() or any(row["status"] == OK for row in report):
+                write_report(report_path, report)
+            else:  # a re-run that segmented nothing new writes nothing, not even the report
+                logger.info("no new mask written; %s left as it was", report_path)
         counts = {status: sum(row["status"] == status for row in report) for status in (OK, SKIPPED)}
         logger.info(
             "%d ok, %d skipped, %d errors; report: %s",

@@ -1,4 +1,5 @@
-"""Transforms MONAI lacks for 2D clinical images: a TIFF reader, channel and intensity normalisation, mask binarisation.
+"""Transforms MONAI lacks for 2D clinical images: a TIFF reader, channel and intensity normalisation, mask
+binarisation, and a fast anti-aliased downsampling resize.
 
 Images arrive from ``LoadImaged`` + ``EnsureChannelFirstd`` as (C, H, W) (or (C, X, Y, 1) for a
 single-slice NIfTI) in their stored dtype; these transforms turn them into model input.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Hashable, Mapping, Sequence
+from functools import lru_cache
 
 import numpy as np
 import tifffile
@@ -15,7 +17,7 @@ import torch
 from monai.config import KeysCollection
 from monai.data import ImageReader, NibabelReader, PILReader
 from monai.data.utils import is_supported_format
-from monai.transforms import MapTransform
+from monai.transforms import GaussianSmooth, MapTransform, Resized
 from monai.utils import ImageMetaKey, MetaKeys
 
 JPEG_SUFFIXES = (".jpg", ".jpeg")
@@ -125,4 +127,83 @@ class BinarizeMaskd(MapTransform):
             mask = _drop_alpha(_squeeze_single_slice(d[key])).amax(dim=0, keepdim=True)
             eight_bit = mask.max() > 127 or _source(d, key).lower().endswith(JPEG_SUFFIXES)
             d[key] = (mask > (127 if eight_bit else 0)).float()
+        return d
+
+
+_RESIZE_BLOCK = 32  # output rows/columns per block of the banded resize matrices
+
+
+@lru_cache(maxsize=64)
+def antialiased_resize_matrix(length: int, size: int) -> torch.Tensor:
+    """(size, length) float32 matrix of MONAI's 1D anti-aliased bilinear downsampling from ``length`` to ``size``.
+
+    The operator of ``Resize(mode="bilinear", anti_aliasing=True)`` along one axis: its Gaussian
+    (``GaussianSmooth``, sigma ``(length / size - 1) / 2``, zero padding) then ``interpolate`` (linear,
+    ``align_corners=False``), both applied to the identity, so that it is exactly theirs.
+    """
+    factor = torch.div(torch.Tensor([length]), torch.Tensor([size]))
+    sigma = torch.maximum(torch.zeros(factor.shape), (factor - 1) / 2).tolist()
+    smoothed = GaussianSmooth(sigma=sigma)(torch.eye(length))  # row i: the smoothed unit impulse at i
+    linear = torch.nn.functional.interpolate(smoothed[:, None], size=size, mode="linear", align_corners=False)
+    return linear[:, 0].T.contiguous()
+
+
+def _apply_banded(matrix: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """``matrix`` (size, length) applied along the last axis of ``image`` (..., length) -> (..., size).
+
+    Each block of output positions uses only the input span its weights cover (the matrix is banded).
+    """
+    out = image.new_empty((*image.shape[:-1], matrix.shape[0]))
+    for start in range(0, matrix.shape[0], _RESIZE_BLOCK):
+        block = matrix[start : start + _RESIZE_BLOCK]
+        used = torch.nonzero(block.any(dim=0))
+        first, last = int(used[0]), int(used[-1]) + 1
+        out[..., start : start + _RESIZE_BLOCK] = image[..., first:last] @ block[:, first:last].T
+    return out
+
+
+class AntialiasedResized(Resized):
+    """``Resized`` whose 2D bilinear anti-aliased downsampling is computed as two banded matrix products.
+
+    Same result as MONAI's (Gaussian smoothing of the whole image, then bilinear interpolation) up to
+    float rounding, at a fraction of the cost for large images, since only the smoothed values that
+    the interpolation reads are computed. The inverse (``Invertd``) is ``Resized``'s. Other cases
+    (upsampling along an axis, other modes, given sigma or ``align_corners``, 3D, lazy) are
+    ``Resized``'s own.
+    """
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor], lazy: bool | None = None) -> dict:
+        d = dict(data)
+        lazy_ = self.lazy if lazy is None else lazy
+        for key, mode, align_corners, anti_aliasing, sigma, dtype in self.key_iterator(
+            d, self.mode, self.align_corners, self.anti_aliasing, self.anti_aliasing_sigma, self.dtype
+        ):
+            image = d[key]
+            size = tuple(int(s) for s in self.resizer.spatial_size) if image.ndim == 3 else ()
+            fast = (
+                not lazy_
+                and self.resizer.size_mode == "all"
+                and anti_aliasing
+                and sigma is None
+                and align_corners is None
+                and str(mode) == "bilinear"
+                and len(size) == 2
+                and all(0 < s < n for s, n in zip(size, image.shape[1:]))
+                and dtype in (None, np.float32, torch.float32)
+            )
+            d[key] = self.resizer(
+                image,
+                mode=mode,
+                align_corners=align_corners,
+                anti_aliasing=anti_aliasing and not fast,  # the fast path records the same inverse
+                anti_aliasing_sigma=sigma,
+                dtype=dtype,
+                lazy=lazy_,
+            )
+            if fast:
+                pixels = torch.as_tensor(image, dtype=torch.float32).as_subclass(torch.Tensor)
+                rows = antialiased_resize_matrix(image.shape[1], size[0])
+                columns = antialiased_resize_matrix(image.shape[2], size[1])
+                resized = _apply_banded(rows, _apply_banded(columns, pixels).transpose(1, 2)).transpose(1, 2)
+                d[key].as_subclass(torch.Tensor).copy_(resized)
         return d

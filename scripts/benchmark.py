@@ -7,7 +7,12 @@ work only) and warm batch-1 CPU latency and writes a markdown report. Suites:
   (``docs/benchmark_cpu.md``);
 - ``architecture``: one group of variants per LH-UTANet design choice (MoE fusion
   resolution, last decoder width, bottleneck, encoder stem), with the latency
-  difference to each group's reference row (``docs/architecture_costs.md``).
+  difference to each group's reference row (``docs/architecture_costs.md``);
+- ``throughput``: folder throughput (images/s) of the bundle's inference command
+  (``configs/inference.json`` -> ``segmenter.run()``: decode, resize, model, inversion,
+  post-processing, PNG and CSV writing) on the first 100 Kvasir-SEG images of
+  ``../shared/data/kvasir-seg/images``, with randomly initialised checkpoints
+  (``docs/benchmark_throughput.md``).
 
 Latency is measured fairly: every row runs in a fresh subprocess (this script
 re-invoked with the hidden ``--worker KEY`` option, answering with one JSON line),
@@ -18,6 +23,7 @@ Usage (from the repository root)::
 
     python scripts/benchmark.py
     python scripts/benchmark.py --suite architecture
+    python scripts/benchmark.py --suite throughput
     python scripts/benchmark.py --models basicunet,unet --repeats 1 --iters 5 --no-write
 """
 
@@ -52,7 +58,7 @@ IN_CHANNELS = 3
 OUT_CHANNELS = 1
 WARMUP_ITERS = 5
 NOISY_SPREAD = 1.25  # max/min of per-round medians above which a latency is flagged as disturbed
-Results = dict[str, dict[str, float]]  # row key -> {"params_m", "gmacs", "latency_ms"}
+Results = dict[str, dict[str, float]]  # row key -> {"params_m", "gmacs", "latency_ms" or "images_per_s"}
 
 
 @dataclass(frozen=True)
@@ -319,7 +325,7 @@ def measure_latency(model: nn.Module, input_shape: Sequence[int], iters: int) ->
 
 
 def _run_worker(key: str, args: argparse.Namespace) -> float:
-    """Measure ``key``'s latency in a fresh subprocess and return its median (ms)."""
+    """Measure ``key`` in a fresh subprocess: median latency (ms), or images/s for the throughput suite."""
     cmd = [
         sys.executable,
         str(Path(__file__).resolve()),
@@ -337,9 +343,9 @@ def _run_worker(key: str, args: argparse.Namespace) -> float:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=REPO_ROOT, env=env)
     if proc.returncode != 0:
-        raise RuntimeError(f"latency worker for {key!r} failed (exit {proc.returncode}):\n{proc.stderr}")
+        raise RuntimeError(f"worker for {key!r} failed (exit {proc.returncode}):\n{proc.stderr}")
     lines = proc.stdout.strip().splitlines()
-    return json.loads(lines[-1])["median_ms"]
+    return json.loads(lines[-1])["value"]
 
 
 def _cpu_model() -> str:
@@ -455,6 +461,149 @@ def _architecture_results(results: Results, rounds: dict[str, list[float]], size
     return "## Results\n\n" + "\n\n".join(sections) + "\n", 0
 
 
+THROUGHPUT_IMAGES = 100
+THROUGHPUT_SIZE = (224, 224)
+KVASIR_IMAGES = REPO_ROOT.parent / "shared" / "data" / "kvasir-seg" / "images"
+INFERENCE_CONFIG = REPO_ROOT / "configs" / "inference.json"
+
+
+def _monai_network_def(name: str, **kwargs: Any) -> dict[str, Any]:
+    """``network_def`` override building the MONAI network ``name`` like :func:`_monai`."""
+    return {
+        "_target_": f"monai.networks.nets.{name}",
+        "in_channels": "@in_channels",
+        "out_channels": "@out_channels",
+        "spatial_dims": 2,
+        **kwargs,
+    }
+
+
+@dataclass(frozen=True)
+class PipelineRow:
+    """Throughput-suite row: a main-suite row (its network, for the random checkpoint) and config overrides."""
+
+    row: str  # REGISTRY key
+    overrides: dict[str, Any]
+    min_images_per_s: float | None = None  # budget, None: a peer without budget
+
+
+THROUGHPUT_ROWS: dict[str, PipelineRow] = {
+    "lh-mobilenetv2-moe": PipelineRow("lh-mobilenetv2-moe", {"encoder": "mobilenetv2", "use_moe": True}, 15.0),
+    "lh-resnet34-moe": PipelineRow("lh-resnet34-moe", {"encoder": "resnet34", "use_moe": True}, 6.0),
+    "unet": PipelineRow(
+        "unet",
+        {
+            "network_def": _monai_network_def(
+                "UNet", channels=list(_MONAI_CHANNELS), strides=list(_MONAI_STRIDES), num_res_units=2
+            )
+        },
+    ),
+    "flexibleunet-resnet34": PipelineRow(
+        "flexibleunet-resnet34",
+        {"network_def": _monai_network_def("FlexibleUNet", backbone="resnet34", pretrained=False)},
+    ),
+}
+
+
+def _inference_settings() -> dict[str, Any]:
+    """``batch_size`` and ``num_workers`` of configs/inference.json (the throughput suite keeps them)."""
+    config = json.loads(INFERENCE_CONFIG.read_text())
+    return {key: config[key] for key in ("batch_size", "num_workers")}
+
+
+def measure_throughput(key: str) -> float:
+    """Images/s of ``segmenter.run()`` of configs/inference.json on the first Kvasir-SEG images, for row ``key``.
+
+    Builds a random checkpoint of the row's network, links the images into a temporary folder
+    and times the whole run (worker start, decode, resize, model, inversion, post-processing, writing).
+    """
+    from monai.bundle import ConfigParser
+
+    pipeline = THROUGHPUT_ROWS[key]
+    sources = sorted(path for path in KVASIR_IMAGES.iterdir() if path.is_file())[:THROUGHPUT_IMAGES]
+    with tempfile.TemporaryDirectory(prefix="throughput-") as tmp:
+        images, output, ckpt = Path(tmp) / "images", Path(tmp) / "predictions", Path(tmp) / "model.pt"
+        images.mkdir()
+        for source in sources:
+            (images / source.name).symlink_to(source.resolve())
+        torch.save(build(REGISTRY[pipeline.row]).state_dict(), ckpt)
+        parser = ConfigParser()
+        parser.read_config(str(INFERENCE_CONFIG))
+        parser.update(
+            {
+                "dataset_dir": str(images),
+                "output_dir": str(output),
+                "ckpt_path": str(ckpt),
+                "encoder": "mobilenetv2",
+                "use_moe": True,
+                "image_size": list(THROUGHPUT_SIZE),
+                "device": "$torch.device('cpu')",
+                **pipeline.overrides,
+            }
+        )
+        segmenter = parser.get_parsed_content("segmenter")
+        start = time.perf_counter()
+        report = segmenter.run()
+        seconds = time.perf_counter() - start
+    failed = [row["path"] for row in report if row["status"] != "ok"]
+    if failed:
+        raise RuntimeError(f"{len(failed)} image(s) not segmented, e.g. {failed[0]}")
+    return len(report) / seconds
+
+
+def _throughput_results(results: Results, rounds: dict[str, list[float]], size: int) -> tuple[str, int]:
+    """Results and Budgets sections of the throughput suite; also return the number of failed budgets."""
+    header = [
+        "Model",
+        "Params (M)",
+        "Images/s",
+        "ms / image",
+        "× UNet",
+        "× FlexibleUNet(resnet34)",
+        "Per-round images/s",
+    ]
+
+    def relative(key: str, ref: str) -> str:
+        return f"{results[key]['images_per_s'] / results[ref]['images_per_s']:.2f}" if ref in results else "—"
+
+    rows = [
+        [
+            REGISTRY[key].name,
+            f"{r['params_m']:.2f}",
+            f"{r['images_per_s']:.1f}" + (" ⚠" if _is_noisy(rounds[key]) else ""),
+            f"{1e3 / r['images_per_s']:.0f}",
+            relative(key, "unet"),
+            relative(key, "flexibleunet-resnet34"),
+            _rounds_cell(rounds[key]),
+        ]
+        for key, r in results.items()
+    ]
+    budget_rows, failures = [], 0
+    for key, pipeline in THROUGHPUT_ROWS.items():
+        if pipeline.min_images_per_s is None:
+            continue
+        label = f"{REGISTRY[key].name}: images/s"
+        if key not in results:
+            budget_rows.append([label, "—", "—", "SKIP (not measured)"])
+            continue
+        value = results[key]["images_per_s"]
+        passed = value >= pipeline.min_images_per_s
+        failures += not passed
+        budget_rows.append(
+            [label, f"{value:.1f}", f"≥ {pipeline.min_images_per_s:g}", "PASS" if passed else "**FAIL**"]
+        )
+    sections = f"""\
+## Results
+
+{_markdown_table(header, rows)}
+
+## Budgets
+
+{_markdown_table(["Budget", "Measured", "Limit", "Result"], budget_rows)}
+"""
+    return sections, failures
+
+
 @dataclass(frozen=True)
 class Suite:
     """A benchmark suite: report title and default output, its rows (built on demand) and results sections."""
@@ -482,6 +631,13 @@ SUITES: dict[str, Suite] = {
         "Δ latency = latency − latency of the group's first (reference) row.\n"
         "Rows whose Input is not the image are network parts, fed a feature map of that shape.",
     ),
+    "throughput": Suite(
+        "Folder inference throughput (CPU)",
+        REPO_ROOT / "docs" / "benchmark_throughput.md",
+        lambda: {key: REGISTRY[key] for key in THROUGHPUT_ROWS},
+        _throughput_results,
+        "× columns = images/s / images/s of the named model.",
+    ),
 }
 
 
@@ -497,6 +653,29 @@ def format_report(
 
     suite = SUITES[args.suite]
     sections, failures = suite.results(results, rounds, args.size)
+    if args.suite == "throughput":
+        settings = _inference_settings()
+        method = f"""\
+`configs/inference.json` parsed with `monai.bundle.ConfigParser`, overrides `dataset_dir` (the first
+{THROUGHPUT_IMAGES} files, sorted, of `../shared/data/kvasir-seg/images`: Kvasir-SEG JPGs of varying size),
+`output_dir` (a fresh temporary folder), `ckpt_path` (a temporary `torch.save(state_dict)` of randomly
+initialised weights), `encoder`, `use_moe` true, `image_size` {list(THROUGHPUT_SIZE)}, `device` cpu; the MONAI
+peers override `network_def` with the MONAI network, everything else identical.
+Timed: `segmenter.run()` end to end (DataLoader worker start, decode, resize, normalise, model, inversion
+to the original size, post-processing, PNG masks, `predictions.csv`); images/s = {THROUGHPUT_IMAGES} / seconds.
+inference.json settings used: `batch_size` {settings["batch_size"]}, `num_workers` {settings["num_workers"]}
+(decoding processes beside the main process, which runs the model with {args.threads} torch thread(s)).
+Each configuration in a fresh process; {args.repeats} interleaved round-robin round(s);
+reported value = median of the rounds. {suite.legend} ⚠ = rounds spread more than
+{NOISY_SPREAD:g}× (max/min): likely disturbed by other load, re-run on a quiet machine."""
+    else:
+        method = f"""\
+Input 1×{IN_CHANNELS}×{args.size}×{args.size}, `model.eval()`, `torch.inference_mode()`.
+GMACs = `torch.utils.flop_counter.FlopCounterMode` total FLOPs / 2 (conv/matmul work only).
+Latency: each model in a fresh process, {WARMUP_ITERS} warm-up + {args.iters} timed runs (median);
+{args.repeats} interleaved round-robin round(s); reported value = median of the per-round medians.
+{suite.legend} ⚠ = per-round medians spread more than
+{NOISY_SPREAD:g}× (max/min): likely disturbed by other load, re-run on a quiet machine."""
     suite_option = [] if args.suite == "main" else ["--suite", args.suite]
     generator = shlex.join(["python", "scripts/benchmark.py", *suite_option])
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -512,17 +691,12 @@ Command: `{command}`
 - CPU: {_cpu_model()} ({os.cpu_count()} logical cores)
 - torch {torch.__version__}, monai {monai.__version__}, Python {platform.python_version()}
 - torch threads: {args.threads}
-- 1-min load average at start / end of run: {load[0]:.2f} / {load[1]:.2f} (other processes add latency noise)
+- 1-min load average at start / end of run: {load[0]:.2f} / {load[1]:.2f} (other processes add timing noise)
 - Date: {date}
 
 ## Method
 
-Input 1×{IN_CHANNELS}×{args.size}×{args.size}, `model.eval()`, `torch.inference_mode()`.
-GMACs = `torch.utils.flop_counter.FlopCounterMode` total FLOPs / 2 (conv/matmul work only).
-Latency: each model in a fresh process, {WARMUP_ITERS} warm-up + {args.iters} timed runs (median);
-{args.repeats} interleaved round-robin round(s); reported value = median of the per-round medians.
-{suite.legend} ⚠ = per-round medians spread more than
-{NOISY_SPREAD:g}× (max/min): likely disturbed by other load, re-run on a quiet machine.
+{method}
 
 {sections}"""
     return report, failures
@@ -554,13 +728,15 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--suite",
         choices=SUITES,
         default="main",
-        help="main: LH-UTANet vs MONAI baselines, with budgets; architecture: cost of each LH-UTANet design choice",
+        help="main: LH-UTANet vs MONAI baselines, with budgets; architecture: cost of each LH-UTANet design choice; "
+        "throughput: images/s of the folder inference command on Kvasir-SEG, with budgets",
     )
     parser.add_argument("--models", help="comma-separated row keys of the suite (default all; a wrong key lists them)")
     parser.add_argument(
         "--output",
         type=Path,
-        help="markdown report path (default docs/benchmark_cpu.md, or docs/architecture_costs.md for --suite architecture)",
+        help="markdown report path (default docs/benchmark_cpu.md; docs/architecture_costs.md or "
+        "docs/benchmark_throughput.md for --suite architecture or throughput)",
     )
     parser.add_argument("--no-write", action="store_true", help="print the report without writing it")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -589,9 +765,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = SUITES[args.suite].rows()
 
     if args.worker:
-        median_ms = measure_latency(build(rows[args.worker]), rows[args.worker].input_shape(args.size), args.iters)
-        print(json.dumps({"key": args.worker, "median_ms": median_ms}))
+        if args.suite == "throughput":
+            value = measure_throughput(args.worker)
+        else:
+            value = measure_latency(build(rows[args.worker]), rows[args.worker].input_shape(args.size), args.iters)
+        print(json.dumps({"key": args.worker, "value": value}))
         return 0
+    if args.suite == "throughput" and not KVASIR_IMAGES.is_dir():
+        print(
+            f"error: the throughput suite needs the Kvasir-SEG images in {KVASIR_IMAGES} "
+            "(../shared/data/kvasir-seg/images from the repository root); not found.",
+            file=sys.stderr,
+        )
+        return 2
 
     start, load_start = time.perf_counter(), os.getloadavg()[0]
     keys = [k for k in rows if k in args.models]  # registry order
@@ -603,12 +789,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[cost] {key}: {params_m:.2f} M params, {gmacs:.2f} GMACs", file=sys.stderr)
 
     rounds: dict[str, list[float]] = {key: [] for key in keys}
+    metric, unit = ("images_per_s", "images/s") if args.suite == "throughput" else ("latency_ms", "ms")
     for r in range(args.repeats):
         for key in keys[r % len(keys) :] + keys[: r % len(keys)]:  # rotate start to spread order effects
             rounds[key].append(_run_worker(key, args))
-            print(f"[latency] round {r + 1}/{args.repeats} {key}: {rounds[key][-1]:.1f} ms", file=sys.stderr)
+            print(f"[{metric}] round {r + 1}/{args.repeats} {key}: {rounds[key][-1]:.1f} {unit}", file=sys.stderr)
     for key in keys:
-        results[key]["latency_ms"] = statistics.median(rounds[key])
+        results[key][metric] = statistics.median(rounds[key])
 
     command = shlex.join(["python", "scripts/benchmark.py", *argv])
     report, failures = format_report(results, rounds, args, command, (load_start, os.getloadavg()[0]))
@@ -618,7 +805,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {args.output}", file=sys.stderr)
     noisy = [key for key in keys if _is_noisy(rounds[key])]
     if noisy:
-        print(f"WARNING: noisy latency (⚠) for {', '.join(noisy)}; re-run on a quiet machine", file=sys.stderr)
+        print(f"WARNING: noisy {metric} (⚠) for {', '.join(noisy)}; re-run on a quiet machine", file=sys.stderr)
     if failures:
         print(f"WARNING: {failures} budget(s) FAIL (see Budgets table)", file=sys.stderr)
     print(f"total runtime: {time.perf_counter() - start:.0f} s", file=sys.stderr)

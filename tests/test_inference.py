@@ -8,10 +8,13 @@ import pytest
 import tifffile
 import torch
 from monai.bundle import ConfigParser, ckpt_export
+from monai.data import MetaTensor
+from monai.transforms import Resized
 from PIL import Image
 
 from bundle.inference import postprocess_mask
 from bundle.networks import LightweightHierarchicalUTANet
+from bundle.transforms import AntialiasedResized
 from scripts.export_onnx import main as export_onnx_main
 from tests.helpers import CONFIGS, run_bundle
 
@@ -134,12 +137,19 @@ def test_folder_masks_report_naming_and_skipping(tmp_path, mixed):
     outputs = sorted(p for p in out.rglob("*") if p.is_file() and p.name != "predictions.csv")
     assert len(outputs) == len(GOOD) and not list(out.rglob(".*.tmp"))
 
-    mtimes = {p: p.stat().st_mtime_ns for p in outputs}
-    run_bundle(["inference.json"], "infer", dataset_dir=str(mixed), output_dir=str(out), ckpt_path=str(ckpt), **FAST)
-    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "predictions.csv"} == mtimes
+    def rerun():
+        run_bundle(["inference.json"], "infer", dataset_dir=str(mixed), output_dir=str(out), ckpt_path=str(ckpt), **FAST)
+        return {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    assert rerun() == mtimes  # nothing new: not a single file written, the report included
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(mixed / "new.png")
+    assert set(rerun()) - set(mtimes) == {out / "new_mask.png"}
     report = read_report(out)
+    assert report["new.png"]["status"] == "ok"
     assert all(report[name]["status"] == "skipped: output exists" for name in GOOD)
     assert all(report[name]["status"].startswith(status) for name, status in BAD.items())
+    (mixed / "new.png").unlink()
 
     run_bundle(
         ["inference.json"],
@@ -240,3 +250,16 @@ def test_components_for_monai_label(tmp_path, mixed):
         data["pred"] = parser.get_parsed_content("inferer")(data["image"][None], network)[0]
     pred = parser.get_parsed_content("postprocessing")(data)["pred"]
     assert pred.shape == (1, 40, 64) and set(pred.unique().tolist()) == {1.0}
+
+
+@pytest.mark.parametrize("shape", [(3, 531, 622), (1, 1072, 1920), (3, 100, 70)])
+def test_antialiased_resized_matches_monai_resized(shape):
+    """inference.json's AntialiasedResized is train.json's Resized (bilinear, anti-aliased), faster; same inverse."""
+    image = MetaTensor(torch.rand(shape, generator=torch.Generator().manual_seed(0)))
+    options = {"keys": "image", "spatial_size": [64, 80], "mode": "bilinear", "anti_aliasing": True}
+    expected = Resized(**options)({"image": image})["image"]
+    fast = AntialiasedResized(**options)
+    result = fast({"image": image})
+    assert isinstance(result["image"], MetaTensor) and result["image"].shape == expected.shape
+    assert torch.allclose(result["image"], expected, atol=1e-5)
+    assert fast.inverse(result)["image"].shape == shape
