@@ -110,14 +110,13 @@ def mixed(tmp_path_factory):
 def test_folder_masks_report_naming_and_skipping(tmp_path, mixed):
     ckpt = save_checkpoint(tmp_path / "fg.pt", all_foreground=True)
     out = tmp_path / "out"
-    run_bundle(
-        ["inference.json"],
-        "infer",
-        dataset_dir=str(mixed),
-        output_dir=str(out),
-        ckpt_path=str(ckpt),
-        **{**FAST, "num_workers": 1},
-    )
+
+    def infer(**overrides):
+        settings = {**FAST, **overrides}
+        run_bundle(["inference.json"], "infer", dataset_dir=str(mixed), output_dir=str(out), ckpt_path=str(ckpt), **settings)
+        return {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+
+    infer(num_workers=1)
     report = read_report(out)
     assert set(report) == set(GOOD) | set(BAD)  # the hidden file is not an input
     for name, (mask_name, shape) in GOOD.items():
@@ -137,31 +136,17 @@ def test_folder_masks_report_naming_and_skipping(tmp_path, mixed):
     outputs = sorted(p for p in out.rglob("*") if p.is_file() and p.name != "predictions.csv")
     assert len(outputs) == len(GOOD) and not list(out.rglob(".*.tmp"))
 
-    def rerun():
-        run_bundle(["inference.json"], "infer", dataset_dir=str(mixed), output_dir=str(out), ckpt_path=str(ckpt), **FAST)
-        return {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
-
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
-    assert rerun() == mtimes  # nothing new: not a single file written, the report included
+    assert infer() == mtimes  # nothing new: not a single file written, the report included
     Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(mixed / "new.png")
-    assert set(rerun()) - set(mtimes) == {out / "new_mask.png"}
+    assert set(infer()) - set(mtimes) == {out / "new_mask.png"}
     report = read_report(out)
     assert report["new.png"]["status"] == "ok"
     assert all(report[name]["status"] == "skipped: output exists" for name in GOOD)
     assert all(report[name]["status"].startswith(status) for name, status in BAD.items())
     (mixed / "new.png").unlink()
 
-    run_bundle(
-        ["inference.json"],
-        "infer",
-        dataset_dir=str(mixed),
-        output_dir=str(out),
-        ckpt_path=str(ckpt),
-        overwrite=True,
-        save_probabilities=True,
-        save_overlay=True,
-        **FAST,
-    )
+    infer(overwrite=True, save_probabilities=True, save_overlay=True)
     assert all(row["status"] == "ok" for name, row in read_report(out).items() if name in GOOD)
     probabilities = np.load(out / "rgb_prob.npy")
     assert probabilities.shape == (40, 64) and probabilities.dtype == np.float32 and probabilities.min() > 0.99
