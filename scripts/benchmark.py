@@ -702,21 +702,6 @@ Command: `{command}`
     return report, failures
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """Parse and validate the command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -801,7 +786,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     report, failures = format_report(results, rounds, args, command, (load_start, os.getloadavg()[0]))
     print(report)
     if not args.no_write:
-        write_atomic(args.output, report)
+        from bundle.io import atomic_write_text
+
+        atomic_write_text(args.output, report)
         print(f"wrote {args.output}", file=sys.stderr)
     noisy = [key for key in keys if _is_noisy(rounds[key])]
     if noisy:

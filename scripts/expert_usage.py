@@ -28,8 +28,9 @@ from torch import nn
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from bundle.checkpoints import network_kwargs_from_checkpoint, read_state_dict  # noqa: E402
+from bundle.checkpoints import network_kwargs_from_checkpoint  # noqa: E402
 from bundle.data import SPLIT_KEYS  # noqa: E402
+from bundle.inference import load_network  # noqa: E402
 from bundle.io import atomic_write, atomic_write_text  # noqa: E402
 
 CONFIG = REPO_ROOT / "configs" / "train.json"
@@ -149,9 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not data:
             raise ValueError(f"split {split!r} of {args.dataset_dir} is empty")
         device = config.get_parsed_content("device")
-        model = config.get_parsed_content("network_def")
-        model.load_state_dict(read_state_dict(args.ckpt))
-        model.to(device)
+        model = load_network(config.get_parsed_content("network_def"), args.ckpt).to(device)
         dataset = Dataset(data=data, transform=config.get_parsed_content("validate#preprocessing"))
         loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=0)
         mass, selected, n_images = compute_usage(model, loader)
