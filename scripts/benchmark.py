@@ -84,16 +84,53 @@ def _lh_utanet(encoder: str, use_moe: bool, **kwargs: Any) -> nn.Module:
     )
 
 
-def _monai(name: str, **kwargs) -> nn.Module:
-    """Build the MONAI network ``name`` with 2D, 3-in/1-out settings plus ``kwargs``."""
-    from monai.networks import nets
+@dataclass(frozen=True)
+class MonaiPeer:
+    """A MONAI network compared with LH-UTANet: 2D, 3 input / 1 output channels plus ``kwargs``."""
 
-    return getattr(nets, name)(in_channels=IN_CHANNELS, out_channels=OUT_CHANNELS, spatial_dims=2, **kwargs)
+    name: str  # display name
+    network: str  # class name in monai.networks.nets
+    kwargs: dict[str, Any]  # JSON-able constructor arguments
+
+    def network_def(self) -> dict[str, Any]:
+        """The bundle ``network_def`` override that builds this network."""
+        return {
+            "_target_": f"monai.networks.nets.{self.network}",
+            "in_channels": "@in_channels",
+            "out_channels": "@out_channels",
+            "spatial_dims": 2,
+            **self.kwargs,
+        }
+
+    def make(self) -> nn.Module:
+        """Construct the network."""
+        from monai.networks import nets
+
+        return getattr(nets, self.network)(
+            in_channels=IN_CHANNELS, out_channels=OUT_CHANNELS, spatial_dims=2, **self.kwargs
+        )
 
 
 _LH_ENCODERS = ("resnet34", "mobilenetv2")
-_MONAI_CHANNELS = (32, 64, 128, 256, 512)
-_MONAI_STRIDES = (2, 2, 2, 2)
+_MONAI_CHANNELS = [32, 64, 128, 256, 512]
+_MONAI_STRIDES = [2, 2, 2, 2]
+
+#: MONAI peers of the main suite (and of scripts/compare_models.py): row key -> network.
+MONAI_PEERS: dict[str, MonaiPeer] = {
+    "basicunet": MonaiPeer("MONAI BasicUNet (default features)", "BasicUNet", {}),
+    "unet": MonaiPeer(
+        "MONAI UNet (32-512, 2 res units)",
+        "UNet",
+        {"channels": _MONAI_CHANNELS, "strides": _MONAI_STRIDES, "num_res_units": 2},
+    ),
+    "attentionunet": MonaiPeer(
+        "MONAI AttentionUnet (32-512)", "AttentionUnet", {"channels": _MONAI_CHANNELS, "strides": _MONAI_STRIDES}
+    ),
+    "flexibleunet-resnet34": MonaiPeer(
+        "MONAI FlexibleUNet (resnet34)", "FlexibleUNet", {"backbone": "resnet34", "pretrained": False}
+    ),
+    "swinunetr": MonaiPeer("MONAI SwinUNETR 2D (feature_size 24)", "SwinUNETR", {"feature_size": 24}),
+}
 
 #: main suite: row key -> row, in table order.
 REGISTRY: dict[str, Row] = {
@@ -105,20 +142,7 @@ REGISTRY: dict[str, Row] = {
         for enc in _LH_ENCODERS
         for moe in (False, True)
     },
-    "basicunet": Row("MONAI BasicUNet (default features)", functools.partial(_monai, "BasicUNet")),
-    "unet": Row(
-        "MONAI UNet (32-512, 2 res units)",
-        functools.partial(_monai, "UNet", channels=_MONAI_CHANNELS, strides=_MONAI_STRIDES, num_res_units=2),
-    ),
-    "attentionunet": Row(
-        "MONAI AttentionUnet (32-512)",
-        functools.partial(_monai, "AttentionUnet", channels=_MONAI_CHANNELS, strides=_MONAI_STRIDES),
-    ),
-    "flexibleunet-resnet34": Row(
-        "MONAI FlexibleUNet (resnet34)",
-        functools.partial(_monai, "FlexibleUNet", backbone="resnet34", pretrained=False),
-    ),
-    "swinunetr": Row("MONAI SwinUNETR 2D (feature_size 24)", functools.partial(_monai, "SwinUNETR", feature_size=24)),
+    **{key: Row(peer.name, peer.make) for key, peer in MONAI_PEERS.items()},
 }
 
 #: latency-ratio columns: row key -> column header.
@@ -348,7 +372,7 @@ def _run_worker(key: str, args: argparse.Namespace) -> float:
     return json.loads(lines[-1])["value"]
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     """CPU model name from /proc/cpuinfo (falls back to ``platform.processor()``)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -390,7 +414,7 @@ def _rounds_cell(times: list[float]) -> str:
     return " / ".join(f"{t:.1f}" for t in times)
 
 
-def _markdown_table(head: Sequence[str], body: list[list[str]]) -> str:
+def markdown_table(head: Sequence[str], body: list[list[str]]) -> str:
     """Render a markdown table."""
     lines = [head, ["---"] * len(head), *body]
     return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
@@ -421,11 +445,11 @@ def _main_results(results: Results, rounds: dict[str, list[float]], size: int) -
     sections = f"""\
 ## Results
 
-{_markdown_table(header, rows)}
+{markdown_table(header, rows)}
 
 ## Budgets
 
-{_markdown_table(["Budget", "Measured", "Limit", "Result"], budget_rows)}
+{markdown_table(["Budget", "Measured", "Limit", "Result"], budget_rows)}
 """
     return sections, failures
 
@@ -457,7 +481,7 @@ def _architecture_results(results: Results, rounds: dict[str, list[float]], size
         ]
         if body:
             summary = group.summary(results) if group.summary else ""
-            sections.append("\n\n".join(filter(None, [f"### {group.title}", _markdown_table(header, body), summary])))
+            sections.append("\n\n".join(filter(None, [f"### {group.title}", markdown_table(header, body), summary])))
     return "## Results\n\n" + "\n\n".join(sections) + "\n", 0
 
 
@@ -465,17 +489,6 @@ THROUGHPUT_IMAGES = 100
 THROUGHPUT_SIZE = (224, 224)
 KVASIR_IMAGES = REPO_ROOT.parent / "shared" / "data" / "kvasir-seg" / "images"
 INFERENCE_CONFIG = REPO_ROOT / "configs" / "inference.json"
-
-
-def _monai_network_def(name: str, **kwargs: Any) -> dict[str, Any]:
-    """``network_def`` override building the MONAI network ``name`` like :func:`_monai`."""
-    return {
-        "_target_": f"monai.networks.nets.{name}",
-        "in_channels": "@in_channels",
-        "out_channels": "@out_channels",
-        "spatial_dims": 2,
-        **kwargs,
-    }
 
 
 @dataclass(frozen=True)
@@ -490,18 +503,10 @@ class PipelineRow:
 THROUGHPUT_ROWS: dict[str, PipelineRow] = {
     "lh-mobilenetv2-moe": PipelineRow("lh-mobilenetv2-moe", {"encoder": "mobilenetv2", "use_moe": True}, 15.0),
     "lh-resnet34-moe": PipelineRow("lh-resnet34-moe", {"encoder": "resnet34", "use_moe": True}, 6.0),
-    "unet": PipelineRow(
-        "unet",
-        {
-            "network_def": _monai_network_def(
-                "UNet", channels=list(_MONAI_CHANNELS), strides=list(_MONAI_STRIDES), num_res_units=2
-            )
-        },
-    ),
-    "flexibleunet-resnet34": PipelineRow(
-        "flexibleunet-resnet34",
-        {"network_def": _monai_network_def("FlexibleUNet", backbone="resnet34", pretrained=False)},
-    ),
+    **{
+        key: PipelineRow(key, {"network_def": MONAI_PEERS[key].network_def()})
+        for key in ("unet", "flexibleunet-resnet34")
+    },
 }
 
 
@@ -595,11 +600,11 @@ def _throughput_results(results: Results, rounds: dict[str, list[float]], size: 
     sections = f"""\
 ## Results
 
-{_markdown_table(header, rows)}
+{markdown_table(header, rows)}
 
 ## Budgets
 
-{_markdown_table(["Budget", "Measured", "Limit", "Result"], budget_rows)}
+{markdown_table(["Budget", "Measured", "Limit", "Result"], budget_rows)}
 """
     return sections, failures
 
@@ -688,7 +693,7 @@ Command: `{command}`
 
 ## Machine
 
-- CPU: {_cpu_model()} ({os.cpu_count()} logical cores)
+- CPU: {cpu_model()} ({os.cpu_count()} logical cores)
 - torch {torch.__version__}, monai {monai.__version__}, Python {platform.python_version()}
 - torch threads: {args.threads}
 - 1-min load average at start / end of run: {load[0]:.2f} / {load[1]:.2f} (other processes add timing noise)

@@ -1,0 +1,404 @@
+"""Compare LH-UTANet with MONAI networks, and its MoE settings, trained and evaluated through the SAME bundle configs.
+
+Every network is trained with ``configs/train.json`` (LH-UTANet stage 2: plus ``configs/finetune_moe.json``)
+and evaluated with ``configs/evaluate.json`` on the dataset's test split at its original resolution; only
+``network_def`` (MONAI peers: a one-key overlay written into the run folder) or the LH-UTANet ids
+``encoder`` / ``use_moe`` / ``top_k`` / ``moe_loss_weight`` differ. All runs share one budget: ``image_size``,
+``seed``, stage-1 ``epochs`` and stage-2 ``stage2_epochs``.
+
+Rows (``--rows``, default all):
+    lh-resnet34, lh-mobilenetv2                 LH-UTANet stage 1 only
+    lh-resnet34-moe, lh-mobilenetv2-moe         stage 1 + stage 2 (top_k 2, lambda 0.01), from the stage-1 run
+    basicunet, unet, attentionunet, flexibleunet-resnet34, swinunetr   MONAI peers (scripts/benchmark.py)
+    ablation-<enc>-top{1,3,4}, ablation-<enc>-lambda{0,0.1}    stage-2 ablations (with ``--ablations <enc>``)
+
+Each row's run folder under ``--work_dir`` keeps its checkpoints, logs and ``result.json``; a re-run reuses
+finished rows, so an interrupted comparison continues where it stopped. The summary is written to
+``--output``: ``results.csv``, ``results.md`` (tables, budget, commands) and ``dice_vs_latency.png``.
+
+Usage (from the repository root):
+    python scripts/compare_models.py --dataset_dir ../shared/data/kvasir-seg --work_dir runs/compare/kvasir \\
+        --output docs/results/kvasir --image_size 128 --epochs 10 --stage2_epochs 5 --ablations mobilenetv2
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from monai.bundle import ConfigParser
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from benchmark import MONAI_PEERS, cpu_model, markdown_table, measure_cost, measure_latency
+
+from bundle.io import atomic_write, atomic_write_json, atomic_write_text
+
+CONFIGS = REPO_ROOT / "configs"
+LH_ENCODERS = ("resnet34", "mobilenetv2")
+METRICS = ("dice", "iou", "precision", "recall", "hd95")
+LATENCY_ITERS = 20
+COLUMNS = (
+    "row",
+    "network",
+    "params_m",
+    "gmacs",
+    "cpu_latency_ms",
+    "train_minutes",
+    "best_val_loss",
+    "best_val_dice",
+    *(f"test_{metric}_{stat}" for metric in METRICS for stat in ("mean", "median")),
+    "test_images",
+    "expert_usage",
+)
+
+
+@dataclass(frozen=True)
+class CompareRow:
+    """One network of the comparison: how to train and evaluate it with the bundle configs.
+
+    ``settings`` are bundle ids passed as command-line overrides to training and evaluation; ``network_def``
+    (MONAI peers) replaces the LH-UTANet in an overlay; a stage-2 row fine-tunes ``stage1_row``'s checkpoint.
+    """
+
+    name: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    network_def: dict[str, Any] | None = None
+    stage1_row: str | None = None
+
+
+def build_rows(ablation_encoders: Sequence[str]) -> dict[str, CompareRow]:
+    """All rows, in table order: LH-UTANet stage 1 / stage 1+2 per encoder, the MONAI peers, then ablations."""
+    rows: dict[str, CompareRow] = {}
+    for encoder in LH_ENCODERS:
+        rows[f"lh-{encoder}"] = CompareRow(f"LH-UTANet {encoder} (stage 1)", {"encoder": encoder})
+        rows[f"lh-{encoder}-moe"] = CompareRow(
+            f"LH-UTANet {encoder} (stage 1 + 2, top_k 2, λ 0.01)", {"encoder": encoder}, stage1_row=f"lh-{encoder}"
+        )
+    for key, peer in MONAI_PEERS.items():
+        rows[key] = CompareRow(peer.name, network_def=peer.network_def())
+    for encoder in ablation_encoders:
+        variants = [("top_k", k, f"top{k}") for k in (1, 3, 4)] + [
+            ("moe_loss_weight", w, f"lambda{w:g}") for w in (0.0, 0.1)
+        ]
+        for setting, value, suffix in variants:
+            label = f"top_k {value}" if setting == "top_k" else f"λ {value:g}"
+            rows[f"ablation-{encoder}-{suffix}"] = CompareRow(
+                f"LH-UTANet {encoder} stage 1 + 2, {label}",
+                {"encoder": encoder, setting: value},
+                stage1_row=f"lh-{encoder}",
+            )
+    return rows
+
+
+def bundle_command(configs: Sequence[Path], overrides: dict[str, Any]) -> list[str]:
+    """``python -m monai.bundle run`` over ``configs`` with ``--id value`` overrides (values as JSON)."""
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", repr([str(c) for c in configs])]
+    for key, value in overrides.items():
+        command += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+    return command
+
+
+def run_logged(command: list[str], log_path: Path) -> float:
+    """Run ``command`` from the repository root with its output in ``log_path``; return wall seconds."""
+    print("$", shlex.join(command), flush=True)
+    start = time.perf_counter()
+    with open(log_path, "w", encoding="utf-8") as log:
+        result = subprocess.run(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, check=False)
+    if result.returncode != 0:
+        tail = "".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines(True)[-30:])
+        raise RuntimeError(f"command failed (exit {result.returncode}), log {log_path}:\n{tail}")
+    return time.perf_counter() - start
+
+
+def scalar_history(log_dir: Path, tag: str) -> list[float]:
+    """Values of the TensorBoard scalar ``tag`` written under ``log_dir``, in step order."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    values: list[tuple[int, float]] = []
+    for event_file in sorted(log_dir.glob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(event_file), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        if tag in accumulator.Tags()["scalars"]:
+            values += [(event.step, event.value) for event in accumulator.Scalars(tag)]
+    return [value for _, value in sorted(values)]
+
+
+def expert_usage_summary(usage_path: Path) -> str:
+    """Last epoch's per-gate expert shares from ``moe_usage.json``, e.g. ``g0 0.25/0.25/0.25/0.25; g1 ...``."""
+    if not usage_path.is_file():
+        return ""
+    last = json.loads(usage_path.read_text(encoding="utf-8"))["epochs"][-1]["usage"]
+    return "; ".join(
+        f"{gate} " + "/".join(f"{share:.2f}" for share in shares.values()) for gate, shares in last.items()
+    )
+
+
+class Comparison:
+    """Trains, evaluates and measures the rows of one comparison; each row's result is cached in its run folder."""
+
+    def __init__(self, args: argparse.Namespace, rows: dict[str, CompareRow]) -> None:
+        self.args, self.rows = args, rows
+        self.work_dir = Path(args.work_dir).resolve()
+        self.budget = {
+            "dataset_dir": str(Path(args.dataset_dir).resolve()),
+            "image_size": [args.image_size, args.image_size],
+            "seed": args.seed,
+            "batch_size": args.batch_size,
+            "num_workers": args.num_workers,
+        }
+
+    def run_dir(self, key: str) -> Path:
+        return self.work_dir / key
+
+    def result(self, key: str) -> dict[str, Any]:
+        """The row's result, computed once (training its stage-1 row first when needed) and cached."""
+        result_path = self.run_dir(key) / "result.json"
+        if result_path.is_file():
+            cached = json.loads(result_path.read_text(encoding="utf-8"))
+            if cached.get("budget") == self.budget_of(key):
+                return cached
+            raise RuntimeError(
+                f"{result_path} was made with another budget ({cached.get('budget')}); "
+                "choose another --work_dir or move the old one away (nothing is overwritten)."
+            )
+        row = self.rows[key]
+        if row.stage1_row is not None:
+            self.result(row.stage1_row)
+        result = {"row": key, "network": row.name, "budget": self.budget_of(key)}
+        result.update(self.train(key))
+        result.update(self.evaluate(key))
+        result.update(self.measure(key))
+        atomic_write_json(result_path, result)
+        return result
+
+    def budget_of(self, key: str) -> dict[str, Any]:
+        stage2 = self.rows[key].stage1_row is not None
+        return {**self.budget, "epochs": self.args.epochs, "stage2_epochs": self.args.stage2_epochs if stage2 else 0}
+
+    def configs(self, key: str, evaluate: bool = False) -> list[Path]:
+        """Config files of the row's training (stage 2: plus finetune_moe.json) or evaluation, peers' overlay last."""
+        row = self.rows[key]
+        if evaluate:
+            configs = [CONFIGS / "train.json", CONFIGS / "evaluate.json"]
+        else:
+            configs = [CONFIGS / "train.json"] + ([CONFIGS / "finetune_moe.json"] if row.stage1_row else [])
+        if row.network_def is not None:
+            overlay = self.run_dir(key) / "network_def.json"
+            atomic_write_json(overlay, {"network_def": row.network_def})
+            configs.append(overlay)
+        return configs
+
+    def checkpoint(self, key: str) -> Path:
+        return self.run_dir(key) / "models" / "model.pt"
+
+    def train(self, key: str) -> dict[str, Any]:
+        """Train the row; return train minutes (stage 2: of both stages), best validation loss/Dice and expert usage."""
+        row, run_dir = self.rows[key], self.run_dir(key)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        overrides = {
+            **self.budget,
+            **row.settings,
+            "output_dir": str(run_dir / "train_logs"),
+            "save_dir": str(run_dir / "models"),
+            "val_interval": self.args.val_interval,
+        }
+        if row.stage1_row is not None:
+            overrides.update(stage1_ckpt=str(self.checkpoint(row.stage1_row)), epochs=self.args.stage2_epochs)
+        else:
+            overrides["epochs"] = self.args.epochs
+        minutes = run_logged(bundle_command(self.configs(key), overrides), run_dir / "train.log") / 60
+        if row.stage1_row is not None:
+            minutes += self.result(row.stage1_row)["train_minutes"]
+        logs = run_dir / "train_logs"
+        val_loss, val_dice = scalar_history(logs, "val_loss"), scalar_history(logs, "val_mean_dice")
+        return {
+            "train_minutes": minutes,
+            "best_val_loss": min(val_loss, default=float("nan")),
+            "best_val_dice": max(val_dice, default=float("nan")),
+            "expert_usage": expert_usage_summary(logs / "moe_usage.json"),
+        }
+
+    def evaluate(self, key: str) -> dict[str, Any]:
+        """Evaluate the row's best checkpoint on the test split at original resolution (configs/evaluate.json)."""
+        row, run_dir = self.rows[key], self.run_dir(key)
+        overrides = {
+            **self.budget,
+            **row.settings,
+            "ckpt_path": str(self.checkpoint(key)),
+            "output_dir": str(run_dir / "test"),
+        }
+        if row.network_def is not None:  # evaluate.json reads the channels from LH-UTANet checkpoints only
+            overrides.update(in_channels=3, out_channels=1)
+        configs = self.configs(key, evaluate=True)
+        run_logged(bundle_command(configs, overrides), run_dir / "evaluate.log")
+        summary = json.loads((run_dir / "test" / "metrics_summary.json").read_text(encoding="utf-8"))
+        out: dict[str, Any] = {"test_images": summary["images"]}
+        for metric in METRICS:
+            for stat in ("mean", "median"):
+                out[f"test_{metric}_{stat}"] = summary["metrics"][metric][stat]
+        return out
+
+    def measure(self, key: str) -> dict[str, Any]:
+        """Params, GMACs and median batch-1 CPU latency of the row's network at the budget's image size."""
+        row = self.rows[key]
+        parser = ConfigParser()
+        parser.read_config([str(c) for c in self.configs(key)])
+        parser.update({**row.settings, "use_moe": row.stage1_row is not None})
+        torch.manual_seed(0)
+        network = parser.get_parsed_content("network_def").eval()
+        shape = (1, 3, self.args.image_size, self.args.image_size)
+        torch.set_num_threads(self.args.threads)
+        params, gmacs = measure_cost(network, shape)
+        return {"params_m": params, "gmacs": gmacs, "cpu_latency_ms": measure_latency(network, shape, LATENCY_ITERS)}
+
+
+def format_cell(value: Any) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.3f}"
+    return str(value)
+
+
+def write_summary(results: list[dict[str, Any]], args: argparse.Namespace, command: str) -> None:
+    """Write results.csv, results.md and dice_vs_latency.png into ``args.output``."""
+    output = Path(args.output)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(results)
+    atomic_write_text(output / "results.csv", buffer.getvalue())
+
+    head = [
+        "network",
+        "params (M)",
+        "GMACs",
+        "CPU ms",
+        "train min",
+        "best val loss",
+        "test Dice",
+        "IoU",
+        "precision",
+        "recall",
+        "HD95 (px)",
+    ]
+    keys = ["network", "params_m", "gmacs", "cpu_latency_ms", "train_minutes", "best_val_loss"]
+    keys += [f"test_{metric}_mean" for metric in METRICS]
+    table = markdown_table(head, [[format_cell(result[key]) for key in keys] for result in results])
+    medians = markdown_table(
+        ["network", *(f"median {metric}" for metric in METRICS), "expert usage (last epoch, per gate)"],
+        [
+            [
+                result["network"],
+                *(format_cell(result[f"test_{metric}_median"]) for metric in METRICS),
+                result["expert_usage"],
+            ]
+            for result in results
+        ],
+    )
+    threads = f"{args.threads} thread(s)"
+    text = "\n\n".join(
+        [
+            f"# Model comparison on `{Path(args.dataset_dir).name}`",
+            f"Command: `{command}`",
+            (
+                f"Budget: every network {args.epochs} stage-1 epochs at {args.image_size}×{args.image_size}, seed {args.seed}, "
+                f"batch {args.batch_size}; stage-2 rows add {args.stage2_epochs} epochs fine-tuning the stage-1 checkpoint. "
+                f"Test metrics: `configs/evaluate.json` on the {results[0]['test_images']} test images at their original "
+                "resolution (mean over images; HD95 in pixels). CPU latency: batch 1 at the training size, "
+                f"{threads}, median of {LATENCY_ITERS} warm runs on {cpu_model()} ({platform.machine()}); "
+                "train minutes are wall-clock on the same machine, including data caching and validation."
+            ),
+            table,
+            medians,
+            "![test Dice against CPU latency](dice_vs_latency.png)",
+        ]
+    )
+    atomic_write_text(output / "results.md", text + "\n")
+    atomic_write(output / "dice_vs_latency.png", lambda tmp: plot(results, tmp, f"{args.image_size}×{args.image_size}"))
+
+
+def plot(results: list[dict[str, Any]], path: Path, size: str) -> None:
+    """Scatter of test Dice against CPU latency, one labelled point per row, saved as PNG."""
+    figure = Figure(figsize=(7, 4.5))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for result in results:
+        lh = result["row"].startswith(("lh-", "ablation-"))
+        axes.scatter(
+            result["cpu_latency_ms"], result["test_dice_mean"], marker="o" if lh else "s", color="C0" if lh else "C1"
+        )
+        axes.annotate(
+            result["row"],
+            (result["cpu_latency_ms"], result["test_dice_mean"]),
+            fontsize=7,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
+    axes.set_xlabel(f"CPU latency, batch 1, {size} (ms)")
+    axes.set_ylabel("test Dice (mean, original resolution)")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, format="png", dpi=120)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--dataset_dir", required=True, help="dataset folder (bundle layout: images/, masks/, split file)"
+    )
+    parser.add_argument(
+        "--work_dir", required=True, help="folder for the run folders (checkpoints, logs, cached results)"
+    )
+    parser.add_argument("--output", required=True, help="folder for results.csv, results.md and dice_vs_latency.png")
+    parser.add_argument("--rows", help="comma-separated row keys (default: all)")
+    parser.add_argument(
+        "--ablations", default="", help="comma-separated encoders to run the top_k / lambda ablations for"
+    )
+    parser.add_argument("--image_size", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=10, help="stage-1 epochs of every network")
+    parser.add_argument("--stage2_epochs", type=int, default=5, help="stage-2 epochs of the MoE rows")
+    parser.add_argument("--val_interval", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--num_workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for the latency measurement")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    ablations = [e for e in args.ablations.split(",") if e]
+    unknown = sorted(set(ablations) - set(LH_ENCODERS))
+    if unknown:
+        raise SystemExit(f"--ablations: unknown encoder(s) {unknown}; choose from {list(LH_ENCODERS)}")
+    rows = build_rows(ablations)
+    keys = args.rows.split(",") if args.rows else list(rows)
+    unknown = sorted(set(keys) - set(rows))
+    if unknown:
+        raise SystemExit(f"--rows: unknown row(s) {unknown}; choose from {list(rows)}")
+    comparison = Comparison(args, rows)
+    results = [comparison.result(key) for key in keys]
+    command = shlex.join(["python", "scripts/compare_models.py", *(argv if argv is not None else sys.argv[1:])])
+    write_summary(results, args, command)
+    print((Path(args.output) / "results.md").read_text(encoding="utf-8"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
