@@ -141,9 +141,9 @@ def scalar_history(log_dir: Path, tag: str) -> list[float]:
 
 
 def expert_usage_summary(usage_path: Path) -> str:
-    """Last epoch's per-gate expert shares from ``moe_usage.json``, e.g. ``g0 0.25/0.25/0.25/0.25; g1 ...``."""
+    """Last epoch's per-gate expert shares from ``moe_usage.json``, e.g. ``gate0 0.25/0.25/0.25/0.25; gate1 ...``."""
     if not usage_path.is_file():
-        return ""
+        return "no MoE"
     last = json.loads(usage_path.read_text(encoding="utf-8"))["epochs"][-1]["usage"]
     return "; ".join(
         f"{gate} " + "/".join(f"{share:.2f}" for share in shares.values()) for gate, shares in last.items()
