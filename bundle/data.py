@@ -289,6 +289,20 @@ def load_datalist(dataset_dir: str | os.PathLike, val_fraction: float = 0.2, see
     return result
 
 
+def validation_as_test(
+    datalist: dict[str, list[Pair]], val_fraction: float = 0.2, seed: int = 0
+) -> dict[str, list[Pair]]:
+    """Hold the ``validation`` split out as ``test`` and split a new validation set off ``training``.
+
+    For sets released with train/val only (ISIC 2017's official split): checkpoints are then selected on
+    training data and the official validation images stay unseen. Raises when ``test`` is already filled.
+    """
+    if datalist.get("test"):
+        raise ValueError("the datalist already has a test split; keep its validation split as it is")
+    split = split_pairs(datalist["training"], val_fraction=val_fraction, seed=seed)
+    return {"training": split["training"], "validation": split["validation"], "test": datalist["validation"]}
+
+
 def _smooth_noise(rng: np.random.Generator, size: int, cells: int, channels: int) -> np.ndarray:
     """Unit-variance smooth float32 noise of shape ``(channels, size, size)``: a ``cells``-grid, cubic-upsampled."""
     grid = rng.standard_normal((channels, cells, cells), dtype=np.float32)

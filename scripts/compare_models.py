@@ -163,6 +163,11 @@ class Comparison:
             "batch_size": args.batch_size,
             "num_workers": args.num_workers,
         }
+        if args.validation_as_test:
+            self.budget["datalist"] = (
+                "$bundle.data.validation_as_test(bundle.data.load_datalist(@dataset_dir, @val_fraction, @seed), "
+                "@val_fraction, @seed)"
+            )
 
     def run_dir(self, key: str) -> Path:
         return self.work_dir / key
@@ -366,6 +371,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--work_dir", required=True, help="folder for the run folders (checkpoints, logs, cached results)"
     )
     parser.add_argument("--output", required=True, help="folder for results.csv, results.md and dice_vs_latency.png")
+    parser.add_argument(
+        "--validation_as_test",
+        action="store_true",
+        help="test on the dataset's validation split and select checkpoints on a split of training (ISIC 2017)",
+    )
     parser.add_argument("--rows", help="comma-separated row keys (default: all)")
     parser.add_argument(
         "--ablations", default="", help="comma-separated encoders to run the top_k / lambda ablations for"
