@@ -1,0 +1,77 @@
+"""scripts/compare_models.py end to end: two networks, one epoch each, on tiny synthetic data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+
+from tests.helpers import REPO_ROOT, write_pair
+
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+
+import compare_models
+
+
+def make_half_images_dataset(folder, count: int = 48, shape: tuple[int, int] = (48, 64)):
+    """Images whose bright left part (40-60% of the width) is the mask.
+
+    One epoch of ~20 steps (enough for BatchNorm running statistics) learns it.
+    """
+    rng = np.random.default_rng(0)
+    for index in range(count):
+        image = rng.integers(0, 80, (*shape, 3), dtype=np.uint8)
+        mask = np.zeros(shape, np.uint8)
+        mask[:, : int(shape[1] * rng.uniform(0.4, 0.6))] = 255
+        image[mask > 0] = (220, 60, 60)
+        write_pair(folder, f"case_{index:02d}", image, mask)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    data = make_half_images_dataset(root / "data")
+    argv = ["--dataset_dir", str(data), "--work_dir", str(root / "runs"), "--output", str(root / "out")]
+    argv += ["--rows", "lh-mobilenetv2-moe,unet", "--image_size", "64", "--epochs", "1", "--stage2_epochs", "1"]
+    argv += ["--batch_size", "2", "--num_workers", "0", "--threads", "1"]
+    assert compare_models.main(argv) == 0
+    return root, argv
+
+
+def test_csv_has_every_column_filled_for_both_networks(comparison):
+    root, _ = comparison
+    with open(root / "out" / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["row"] for row in rows] == ["lh-mobilenetv2-moe", "unet"]
+    assert list(rows[0]) == list(compare_models.COLUMNS)
+    for row in rows:
+        for column in compare_models.COLUMNS:
+            assert row[column] not in ("", "nan"), f"{row['row']}: column {column} is empty"
+        assert float(row["params_m"]) > 0 and float(row["gmacs"]) > 0 and float(row["cpu_latency_ms"]) > 0
+        assert 0.0 <= float(row["test_dice_mean"]) <= 1.0
+        assert int(row["test_images"]) > 0
+    lh, unet = rows
+    assert lh["expert_usage"].startswith("gate0 ") and unet["expert_usage"] == "no MoE"
+    # stage 1 + 2 counts the minutes of both stages, and its stage-1 run was made on the way
+    stage1 = json.loads((root / "runs" / "lh-mobilenetv2" / "result.json").read_text())
+    assert float(lh["train_minutes"]) > stage1["train_minutes"]
+    assert math.isclose(float(unet["params_m"]), 6.496, abs_tol=0.01)  # MONAI UNet(32-512, 2 res units)
+    assert (root / "out" / "dice_vs_latency.png").read_bytes().startswith(b"\x89PNG")
+    assert "| LH-UTANet mobilenetv2 (stage 1 + 2" in (root / "out" / "results.md").read_text()
+
+
+def test_rerun_reuses_finished_rows_and_refuses_another_budget(comparison):
+    root, argv = comparison
+    checkpoint = root / "runs" / "unet" / "models" / "model.pt"
+    before = checkpoint.stat().st_mtime_ns
+    assert compare_models.main(argv) == 0
+    assert checkpoint.stat().st_mtime_ns == before
+    changed = [*argv[: argv.index("--epochs")], "--epochs", "2", *argv[argv.index("--epochs") + 2 :]]
+    with pytest.raises(RuntimeError, match="another budget"):
+        compare_models.main(changed)
+    assert checkpoint.stat().st_mtime_ns == before
