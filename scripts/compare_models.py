@@ -173,7 +173,7 @@ class Comparison:
         return self.work_dir / key
 
     def result(self, key: str) -> dict[str, Any]:
-        """The row's result, computed once (training its stage-1 row first when needed) and cached."""
+        """The row's training and test results, computed once (training its stage-1 row first when needed) and cached."""
         result_path = self.run_dir(key) / "result.json"
         if result_path.is_file():
             cached = json.loads(result_path.read_text(encoding="utf-8"))
@@ -189,7 +189,6 @@ class Comparison:
         result = {"row": key, "network": row.name, "budget": self.budget_of(key)}
         result.update(self.train(key))
         result.update(self.evaluate(key))
-        result.update(self.measure(key))
         atomic_write_json(result_path, result)
         return result
 
@@ -404,6 +403,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"--rows: unknown row(s) {unknown}; choose from {list(rows)}")
     comparison = Comparison(args, rows)
     results = [comparison.result(key) for key in keys]
+    # costs are measured afresh, all rows together once training is over, so no training run disturbs the latencies
+    results = [{**result, **comparison.measure(key)} for key, result in zip(keys, results)]
     command = shlex.join(["python", "scripts/compare_models.py", *(argv if argv is not None else sys.argv[1:])])
     write_summary(results, args, command)
     print((Path(args.output) / "results.md").read_text(encoding="utf-8"))
