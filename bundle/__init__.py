@@ -1,3 +1,15 @@
-"""LH-UTANet MONAI bundle: networks, data, transforms, checkpoints, fine-tuning and handlers."""
+"""LH-UTANet MONAI bundle: networks, data, transforms, checkpoints, fine-tuning, handlers and distributed runs."""
 
-from . import checkpoints, data, finetune, handlers, inference, io, networks, transforms
+from . import (
+    checkpoints,
+    config,
+    data,
+    data_check,
+    distributed,
+    finetune,
+    handlers,
+    inference,
+    io,
+    networks,
+    transforms,
+)

@@ -14,6 +14,20 @@ logger = logging.getLogger(__name__)
 MOE_PREFIX = "moe."
 
 
+def load_checkpoint(path: str | os.PathLike) -> object:
+    """``torch.load`` of ``path`` on the CPU (``weights_only``).
+
+    Raises FileNotFoundError or ValueError naming the file when it is missing, truncated or corrupt.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises RuntimeError, EOFError, pickle errors ... for broken files
+        raise ValueError(f"checkpoint {path} is truncated or corrupt and cannot be read: {error}") from error
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load a model state_dict from ``path`` on the CPU.
 
@@ -21,13 +35,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     CheckpointSaver, Lightning). Raises FileNotFoundError or ValueError naming the file when it is
     missing, truncated or not a checkpoint.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises RuntimeError, EOFError, pickle errors ... for broken files
-        raise ValueError(f"checkpoint {path} is truncated or corrupt and cannot be read: {error}") from error
+    checkpoint = load_checkpoint(path)
     for key in ("model", "state_dict"):
         if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
             checkpoint = checkpoint[key]

@@ -10,6 +10,7 @@ import random
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -42,6 +43,16 @@ _MAX_LISTED = 10
 _DEMO_NAME = re.compile(r"demo_\d{4,}\.png")
 
 Pair = dict[str, str]
+
+
+class Problem(NamedTuple):
+    """One kind of dataset problem (``what``, e.g. "image(s) without a mask in DIR") and the files it concerns."""
+
+    what: str
+    files: list[str]
+
+    def __str__(self) -> str:
+        return f"{len(self.files)} {self.what}: {_format_files(self.files)}"
 
 
 def split_suffix(name: str) -> tuple[str, str]:
@@ -88,7 +99,7 @@ def _image_files(folder: Path, recursive: bool) -> list[Path]:
     )
 
 
-def _index_by_key(files: Iterable[Path], folder: Path, kind: str, problems: list[str]) -> dict[str, Path]:
+def _index_by_key(files: Iterable[Path], folder: Path, kind: str, problems: list[Problem]) -> dict[str, Path]:
     """Map ``relative/dir/stem`` to the file; several files with one key are reported as ambiguous."""
     groups: dict[str, list[Path]] = {}
     for path in files:
@@ -96,13 +107,12 @@ def _index_by_key(files: Iterable[Path], folder: Path, kind: str, problems: list
         groups.setdefault((rel.parent / split_suffix(rel.name)[0]).as_posix(), []).append(path)
     clashes = _clashes(groups.values(), folder)
     if clashes:
-        listing = _format_files(clashes)
-        problems.append(f"{len(clashes)} ambiguous {kind} stem(s) in {folder} (one file per stem): {listing}")
+        problems.append(Problem(f"ambiguous {kind} stem(s) in {folder} (one file per stem)", clashes))
     return {key: group[0] for key, group in groups.items() if len(group) == 1}
 
 
 def _match_masks(
-    images: dict[str, Path], masks: dict[str, Path], image_dir: Path, mask_dir: Path, problems: list[str]
+    images: dict[str, Path], masks: dict[str, Path], image_dir: Path, mask_dir: Path, problems: list[Problem]
 ) -> list[Pair]:
     """Pair each image key with the mask of the same key, or of the key plus a ``MASK_TAGS`` tag."""
     claimed: dict[str, list[Path]] = {}
@@ -116,25 +126,26 @@ def _match_masks(
             claimed.setdefault(target, []).append(mask)
     clashes = _clashes(claimed.values(), mask_dir)
     if clashes:
-        problems.append(f"{len(clashes)} image(s) with several masks in {mask_dir}: {_format_files(clashes)}")
+        problems.append(Problem(f"image(s) with several masks in {mask_dir}", clashes))
     orphan_images = [path.relative_to(image_dir).as_posix() for key, path in images.items() if key not in claimed]
     if orphan_images:
-        problems.append(f"{len(orphan_images)} image(s) without a mask in {image_dir}: {_format_files(orphan_images)}")
+        problems.append(Problem(f"image(s) without a mask in {image_dir}", orphan_images))
     if orphan_masks:
-        problems.append(f"{len(orphan_masks)} mask(s) without an image in {mask_dir}: {_format_files(orphan_masks)}")
+        problems.append(Problem(f"mask(s) without an image in {mask_dir}", orphan_masks))
     return [{"image": str(images[key]), "label": str(group[0])} for key, group in claimed.items() if len(group) == 1]
 
 
-def find_image_mask_pairs(dataset_dir: str | os.PathLike) -> list[Pair]:
-    """Discover ``{"image", "label"}`` pairs (absolute paths, sorted) in one of the accepted folder layouts.
+def discover_pairs(dataset_dir: str | os.PathLike) -> tuple[list[Pair], list[Problem]]:
+    """``{"image", "label"}`` pairs (absolute paths, sorted) in one of the accepted folder layouts, and the problems.
 
-    Raises FileNotFoundError when ``dataset_dir`` is missing and ValueError, naming the offending files,
-    for unmatched images or masks, ambiguous stems, or when no pairs are found.
+    Problems (unmatched images or masks, ambiguous stems, several masks for one image) are returned, not
+    raised; the files they concern are left out of the pairs. Raises FileNotFoundError when ``dataset_dir``
+    is missing and ValueError when it has only one of ``images/`` and ``masks/``.
     """
     root = _existing_dir(dataset_dir)
     image_dir = root / "images"
     mask_dir = next((root / name for name in ("masks", "labels") if (root / name).is_dir()), None)
-    problems: list[str] = []
+    problems: list[Problem] = []
     if image_dir.is_dir() and mask_dir is not None:
         images = _index_by_key(_image_files(image_dir, recursive=True), image_dir, "image", problems)
         masks = _index_by_key(_image_files(mask_dir, recursive=True), mask_dir, "mask", problems)
@@ -151,11 +162,22 @@ def find_image_mask_pairs(dataset_dir: str | os.PathLike) -> list[Pair]:
         images = _index_by_key([p for p, m in zip(files, is_mask) if not m], root, "image", problems)
         masks = _index_by_key([p for p, m in zip(files, is_mask) if m], root, "mask", problems)
         pairs = _match_masks(images, masks, root, root, problems) if masks else []
+    return sorted(pairs, key=_pair_key), problems
+
+
+def find_image_mask_pairs(dataset_dir: str | os.PathLike) -> list[Pair]:
+    """Discover ``{"image", "label"}`` pairs (absolute paths, sorted) in one of the accepted folder layouts.
+
+    Raises FileNotFoundError when ``dataset_dir`` is missing and ValueError, naming the offending files,
+    for unmatched images or masks, ambiguous stems, or when no pairs are found.
+    """
+    pairs, problems = discover_pairs(dataset_dir)
+    root = _existing_dir(dataset_dir)
     if problems:
-        raise ValueError(f"invalid dataset in {root}:\n  - " + "\n  - ".join(problems))
+        raise ValueError(f"invalid dataset in {root}:\n  - " + "\n  - ".join(map(str, problems)))
     if not pairs:
         raise ValueError(f"no image/mask pairs found in {root}; accepted layouts: {ACCEPTED_LAYOUTS}")
-    return sorted(pairs, key=_pair_key)
+    return pairs
 
 
 def _select_by_names(pairs: Sequence[Pair], names: Iterable[str]) -> tuple[list[Pair], list[Pair], list[str]]:
@@ -208,7 +230,7 @@ def split_pairs(
     }
 
 
-def _read_datalist_json(path: Path, root: Path) -> dict[str, list[Pair]]:
+def read_datalist_json(path: Path, root: Path) -> dict[str, list[Pair]]:
     """Read a decathlon-style datalist; relative paths are resolved against ``root``."""
     with open(path, encoding="utf-8") as f:
         raw = json.load(f)
@@ -262,7 +284,7 @@ def load_datalist(dataset_dir: str | os.PathLike, val_fraction: float = 0.2, see
     root = _existing_dir(dataset_dir)
     json_path, csv_path = root / "datalist.json", root / "split.csv"
     if json_path.is_file():
-        source, data = json_path, _read_datalist_json(json_path, root)
+        source, data = json_path, read_datalist_json(json_path, root)
     elif csv_path.is_file():
         source, data = csv_path, _read_split_csv(csv_path, root)
     else:

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .checkpoints import network_kwargs_from_checkpoint, read_state_dict
+from .config import flag
 from .data import split_suffix
 from .io import atomic_write, atomic_write_text
 
@@ -200,9 +201,13 @@ def load_predictor(
         raise ValueError(f"backend must be 'torch', 'torchscript' or 'onnx', got {backend!r}.")
     if not Path(paths[backend]).is_file():
         raise FileNotFoundError(f"{backend} model not found: {paths[backend]}")
-    if backend == "torchscript":
-        return torch.jit.load(str(ts_path), map_location=device).eval()
-    return OnnxPredictor(onnx_path)
+    try:
+        if backend == "torchscript":
+            return torch.jit.load(str(ts_path), map_location=device).eval()
+        return OnnxPredictor(onnx_path)
+    except Exception as error:  # torch and onnxruntime raise their own error types for broken files
+        message = f"{backend} model {paths[backend]} is truncated or corrupt and cannot be read: {error}"
+        raise ValueError(message) from error
 
 
 def export_onnx(network: nn.Module, path: str | os.PathLike, image_size: Sequence[int], in_channels: int = 3) -> None:
@@ -353,11 +358,11 @@ class SaveMaskd(MapTransform):
         output_dir: str | os.PathLike,
         data_root_dir: str | os.PathLike,
         source_key: str = "image",
-        overwrite: bool = False,
+        overwrite: bool | str = False,
     ) -> None:
         super().__init__(keys)
         self.output_dir, self.data_root_dir = Path(output_dir), Path(os.path.abspath(data_root_dir))
-        self.source_key, self.overwrite = source_key, overwrite
+        self.source_key, self.overwrite = source_key, flag(overwrite, "overwrite")
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
@@ -462,18 +467,19 @@ class FolderSegmenter:
         device: torch.device | str = "cpu",
         batch_size: int = 8,
         num_workers: int = 2,
-        overwrite: bool = False,
-        save_probabilities: bool = False,
-        save_overlay: bool = False,
+        overwrite: bool | str = False,
+        save_probabilities: bool | str = False,
+        save_overlay: bool | str = False,
         display_transform: Callable[[dict], dict] | None = None,
     ) -> None:
-        if save_overlay and display_transform is None:
+        if flag(save_overlay, "save_overlay") and display_transform is None:
             raise ValueError("save_overlay needs a display_transform.")
         self.dataset_dir, self.output_dir = Path(dataset_dir), Path(output_dir)
         self.preprocessing, self.postprocessing = preprocessing, postprocessing
         self.predictor, self.inferer, self.device = predictor, inferer, torch.device(device)
-        self.batch_size, self.num_workers, self.overwrite = batch_size, num_workers, overwrite
-        self.save_probabilities, self.save_overlay = save_probabilities, save_overlay
+        self.batch_size, self.num_workers, self.overwrite = batch_size, num_workers, flag(overwrite, "overwrite")
+        self.save_probabilities = flag(save_probabilities, "save_probabilities")
+        self.save_overlay = flag(save_overlay, "save_overlay")
         self.display_transform = display_transform
 
     def run(self) -> list[dict[str, object]]:

@@ -113,11 +113,16 @@ def _scale_to_unit(image: torch.Tensor) -> torch.Tensor:
     return (image - low) / (high - low) if high > low else image - low
 
 
-class BinarizeMaskd(MapTransform):
-    """(C, H, W[, 1]) mask -> (1, H, W) float32 in {0, 1}.
+def mask_threshold(max_value: float, source: str) -> int:
+    """Foreground is ``> mask_threshold``: 127 for 8-bit masks stored as 0/255 (``max_value`` > 127) and for
+    JPEG ``source`` files, whose compression noise reaches ~8 in the background; 0 for label maps (0/1, 0..N).
+    """
+    return 127 if max_value > 127 or source.lower().endswith(JPEG_SUFFIXES) else 0
 
-    Foreground is ``> 127`` for 8-bit masks stored as 0/255 (and always for JPEG, whose compression
-    noise reaches ~8 in the background) and ``> 0`` for label maps (values such as 0/1 or 0..N).
+
+class BinarizeMaskd(MapTransform):
+    """(C, H, W[, 1]) mask -> (1, H, W) float32 in {0, 1}: foreground is ``> mask_threshold(...)``.
+
     Multi-channel masks (grey saved as RGB) take the channel maximum.
     """
 
@@ -125,8 +130,7 @@ class BinarizeMaskd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             mask = _drop_alpha(_squeeze_single_slice(d[key])).amax(dim=0, keepdim=True)
-            eight_bit = mask.max() > 127 or _source(d, key).lower().endswith(JPEG_SUFFIXES)
-            d[key] = (mask > (127 if eight_bit else 0)).float()
+            d[key] = (mask > mask_threshold(float(mask.max()), _source(d, key))).float()
         return d
 
 

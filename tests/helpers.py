@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -54,3 +55,31 @@ def run_bundle(config_files: list[str], workflow_type: str = "train", **override
     workflow.run()
     workflow.finalize()
     return workflow
+
+
+def messages(error: BaseException | None) -> str:
+    """Messages of ``error`` and its causes (MONAI wraps errors raised by config expressions)."""
+    chain = []
+    while error is not None:
+        chain.append(str(error))
+        error = error.__cause__ or error.__context__
+    return " | ".join(chain)
+
+
+def bundle_run_arguments(config_files: list[str | Path], **overrides) -> list[str]:
+    """``monai.bundle run`` with its arguments, for ``python -m``: ``configs/<name>`` (or the path) of each config
+    file, the metadata and logging files, then ``--key value`` for each override (non-strings as JSON).
+    """
+    command = [
+        "monai.bundle",
+        "run",
+        "--config_file",
+        repr([str(CONFIGS / name) for name in config_files]),
+        "--meta_file",
+        str(CONFIGS / "metadata.json"),
+        "--logging_file",
+        str(CONFIGS / "logging.conf"),
+    ]
+    for key, value in overrides.items():
+        command += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+    return command

@@ -16,7 +16,9 @@ from bundle.inference import postprocess_mask
 from bundle.networks import LightweightHierarchicalUTANet
 from bundle.transforms import AntialiasedResized
 from scripts.export_onnx import main as export_onnx_main
-from tests.helpers import CONFIGS, run_bundle
+from tests.helpers import CONFIGS, messages, run_bundle
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 FAST = {"image_size": [64, 64], "batch_size": 4, "num_workers": 0, "encoder": "mobilenetv2"}
 AFFINE = np.array([[0.0, 0.8, 0, 5], [0.6, 0.0, 0, -3], [0, 0, 2.0, 1], [0, 0, 0, 1]])
@@ -82,24 +84,6 @@ def read_report(folder):
 
 def read_mask(path):
     return nib.load(path).get_fdata() if path.name.endswith(".nii.gz") else np.asarray(Image.open(path))
-
-
-def messages(error):
-    """Messages of ``error`` and its causes (MONAI wraps errors raised by config expressions)."""
-    chain = []
-    while error is not None:
-        chain.append(str(error))
-        error = error.__cause__ or error.__context__
-    return " | ".join(chain)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and much slower with two on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

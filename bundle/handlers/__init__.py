@@ -1,4 +1,7 @@
-"""Ignite handlers of the bundle: per-image metric reports and the MoE balance-loss handler."""
+"""Ignite handlers of the bundle: metric reports, MoE balance loss, atomic checkpoints, resuming, loss guard."""
 
+from .atomic_saver import AtomicCheckpointSaver
+from .loss_guard import StopOnNonFiniteLoss
 from .metrics_report import SegmentationMetricsWriter
 from .moe_loss import MoEBalanceLossHandler
+from .resume import EngineStateAttributes, RandomStates, ResumeCheckpoint, check_resume

@@ -8,6 +8,7 @@ import math
 import os
 from pathlib import Path
 
+import ignite.distributed as idist
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
@@ -20,6 +21,7 @@ from monai.metrics import (
 )
 from monai.utils import ImageMetaKey
 
+from bundle.config import flag
 from bundle.io import atomic_write_json, atomic_write_text
 
 METRIC_NAMES: tuple[str, ...] = ("dice", "iou", "precision", "recall", "hd95")
@@ -52,9 +54,12 @@ class SegmentationMetricsWriter:
 
     Writes ``{prefix}_per_image.csv`` (image, dice, iou, precision, recall, hd95) and
     ``{prefix}_summary.json`` (mean, median, std and count of non-NaN values per metric) into
-    ``output_dir``, atomically. Refuses to start when those files exist, unless ``overwrite``.
-    Expects post-processed, decollated outputs with binary ``pred`` and ``label`` of equal size
-    (at the original resolution when the evaluator inverts its resizing).
+    ``output_dir``, atomically, with the rows sorted by image. Refuses to start when those files exist,
+    unless ``overwrite``. Expects post-processed, decollated outputs with binary ``pred`` and ``label`` of
+    equal size (at the original resolution when the evaluator inverts its resizing).
+
+    In a distributed run (multi_gpu_evaluate.json) it runs on every rank: each rank measures its own
+    images, the rows are gathered from all ranks when the run ends, and rank 0 writes the files.
 
     Args:
         output_dir: folder for the two files.
@@ -62,10 +67,10 @@ class SegmentationMetricsWriter:
         overwrite: replace existing reports instead of refusing to start.
     """
 
-    def __init__(self, output_dir: str | os.PathLike, prefix: str = "metrics", overwrite: bool = False) -> None:
+    def __init__(self, output_dir: str | os.PathLike, prefix: str = "metrics", overwrite: bool | str = False) -> None:
         self.csv_path = Path(output_dir) / f"{prefix}_per_image.csv"
         self.summary_path = Path(output_dir) / f"{prefix}_summary.json"
-        self.overwrite = overwrite
+        self.overwrite = flag(overwrite, "overwrite")
         self.rows: list[dict[str, object]] = []
 
     def attach(self, engine: Engine) -> None:
@@ -95,6 +100,10 @@ class SegmentationMetricsWriter:
         return result
 
     def write(self, engine: Engine) -> None:
+        gathered = idist.all_gather(self.rows)  # one list of rows per rank
+        self.rows = sorted((row for rank_rows in gathered for row in rank_rows), key=lambda row: row["image"])
+        if idist.get_rank() != 0:
+            return
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=["image", *METRIC_NAMES])
         writer.writeheader()

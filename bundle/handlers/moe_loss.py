@@ -6,6 +6,7 @@ import logging
 import os
 from pathlib import Path
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
@@ -14,6 +15,8 @@ from monai.utils import CommonKeys
 from bundle.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
+
+HISTORY_KEY = "moe_usage_history"  # engine.state attribute: the records of moe_usage.json, one per epoch
 
 COLLAPSE_REMEDIES = (
     "the seed's remedies: raise moe_loss_weight (lambda, e.g. 0.02-0.1), add training data, check the gate "
@@ -35,7 +38,13 @@ class MoEBalanceLossHandler:
     term as ``moe_balance_loss`` and each gate's share of gate mass per expert as
     ``moe_usage/gate{g}/{expert}``; it writes the history to ``output_dir/moe_usage.json`` and warns when
     one expert takes more than ``collapse_threshold`` of a gate's mass. Networks without a balance loss
-    (stage 1, MONAI peers) are left alone after one info line.
+    (stage 1, MONAI peers) are left alone after one info line. The history is kept in the trainer's state
+    (``moe_usage_history``, one of its ``state_dict`` keys), so a resumed run keeps the epochs before it.
+
+    Under DistributedDataParallel each rank adds the balance term of its own batch (DDP averages the
+    gradients, so the update follows the mean of the per-rank terms). The gate mass, the balance sum and
+    the iteration count are summed over all ranks at the end of each epoch, so the logged values describe
+    all the data; only rank 0 warns and writes ``moe_usage.json``. Without a process group the sums are no-ops.
 
     Args:
         loss_weight: lambda; the seed recommends 0.005-0.02 (allowed 0.001-0.1), 0 only monitors.
@@ -49,7 +58,6 @@ class MoEBalanceLossHandler:
         self.loss_weight = loss_weight
         self.summary_path = Path(output_dir) / "moe_usage.json" if output_dir is not None else None
         self.collapse_threshold = collapse_threshold
-        self.history: list[dict] = []
         self.reported_no_moe = False
         self._reset()
 
@@ -58,6 +66,8 @@ class MoEBalanceLossHandler:
         self.balance_sum, self.iterations = 0.0, 0
 
     def attach(self, engine: Engine) -> None:
+        setattr(engine.state, HISTORY_KEY, [])
+        engine.state_dict_user_keys.append(HISTORY_KEY)
         engine.add_event_handler(IterationEvents.LOSS_COMPLETED, self.add_balance_loss)
         engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self._reset())
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
@@ -83,20 +93,25 @@ class MoEBalanceLossHandler:
         if self.gate_mass is None:
             return
         network = unwrap(engine.network)
-        experts = list(getattr(getattr(network, "moe", None), "expert_names", range(self.gate_mass.shape[1])))
-        shares = self.gate_mass / self.gate_mass.sum(dim=1, keepdim=True).clamp_min(1e-12)
-        record = {"epoch": engine.state.epoch, "balance_loss": self.balance_sum / max(self.iterations, 1), "usage": {}}
+        # sums over all ranks (no-ops without a process group)
+        gate_mass = idist.all_reduce(self.gate_mass.clone())
+        totals = idist.all_reduce(torch.tensor([self.balance_sum, self.iterations], dtype=torch.float64))
+        is_rank0 = idist.get_rank() == 0
+        experts = list(getattr(getattr(network, "moe", None), "expert_names", range(gate_mass.shape[1])))
+        shares = gate_mass / gate_mass.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        record = {"epoch": engine.state.epoch, "balance_loss": float(totals[0] / totals[1].clamp_min(1)), "usage": {}}
         engine.state.metrics["moe_balance_loss"] = record["balance_loss"]
         for gate, gate_shares in enumerate(shares.tolist()):
             record["usage"][f"gate{gate}"] = dict(zip(map(str, experts), gate_shares))
             for expert, share in zip(experts, gate_shares):
                 engine.state.metrics[f"moe_usage/gate{gate}/{expert}"] = share
             top = max(range(len(gate_shares)), key=gate_shares.__getitem__)
-            if gate_shares[top] > self.collapse_threshold:
+            if is_rank0 and gate_shares[top] > self.collapse_threshold:
                 logger.warning(
                     "MoE gate %d collapsed in epoch %d: expert '%s' takes %.0f%% of its mass (> %.0f%%). Try %s",
                     gate, engine.state.epoch, experts[top], 100 * gate_shares[top], 100 * self.collapse_threshold, COLLAPSE_REMEDIES,
                 )
-        self.history.append(record)
-        if self.summary_path is not None:
-            atomic_write_json(self.summary_path, {"moe_loss_weight": self.loss_weight, "experts": experts, "epochs": self.history})
+        history = getattr(engine.state, HISTORY_KEY)
+        history.append(record)
+        if is_rank0 and self.summary_path is not None:
+            atomic_write_json(self.summary_path, {"moe_loss_weight": self.loss_weight, "experts": experts, "epochs": history})

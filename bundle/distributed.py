@@ -1,0 +1,59 @@
+"""Helpers of the torchrun configs (multi_gpu_train.json, multi_gpu_evaluate.json): process group, buffers, SyncBatchNorm."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from ignite.engine import Engine, Events
+from torch import nn
+
+from bundle.handlers.moe_loss import unwrap
+
+
+def init_process_group(device: torch.device | str) -> None:
+    """Join the process group that torchrun describes in the environment: nccl for a CUDA device, gloo otherwise.
+
+    On CUDA the device is made current first, so that nccl and ``ignite.distributed`` use this rank's GPU.
+    Does nothing when a group already exists.
+    """
+    if dist.is_initialized():
+        return
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+
+
+def convert_trainable_batchnorm(network: nn.Module) -> nn.Module:
+    """Replace every BatchNorm layer that has trainable parameters by a SyncBatchNorm; returns ``network``.
+
+    Frozen BatchNorm layers (stage 2, see ``bundle.finetune.freeze_except``) normalise with their running
+    statistics, so they have nothing to synchronise; they keep their eval-mode hooks. SyncBatchNorm runs on
+    CUDA only.
+    """
+    for parent in list(network.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, nn.modules.batchnorm._BatchNorm) and any(p.requires_grad for p in child.parameters()):
+                setattr(parent, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+    return network
+
+
+class BroadcastBuffers:
+    """After every training iteration, copy rank 0's buffers (BatchNorm running statistics) to all ranks.
+
+    DistributedDataParallel averages gradients, so the parameters stay equal on all ranks, but each rank
+    updates its BatchNorm statistics with its own batch. DDP's own ``broadcast_buffers`` copies rank 0's
+    buffers at the start of the next forward, which leaves them different during validation and at the end
+    of training. Broadcasting after the iteration instead (use it with ``broadcast_buffers=False``) gives every
+    rank the statistics of rank 0, whose weights the checkpoint holds, whenever validation runs.
+    """
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.broadcast)
+
+    @staticmethod
+    def broadcast(engine: Engine) -> None:
+        if not dist.is_initialized():
+            return
+        for buffer in unwrap(engine.network).buffers():
+            dist.broadcast(buffer, src=0)
