@@ -279,7 +279,30 @@ def format_cell(value: Any) -> str:
     return str(value)
 
 
-def write_summary(results: list[dict[str, Any]], args: argparse.Namespace, command: str) -> None:
+def ablation_table(results: list[dict[str, Any]], rows: dict[str, CompareRow]) -> str:
+    """Markdown table of the stage-2 rows of each ablated encoder by top_k and lambda, or "" without ablations."""
+    defaults = json.loads((CONFIGS / "finetune_moe.json").read_text(encoding="utf-8"))
+    ablated = {rows[r["row"]].settings["encoder"] for r in results if r["row"].startswith("ablation-")}
+    body = []
+    for result in results:
+        row = rows[result["row"]]
+        if row.stage1_row is None or row.settings["encoder"] not in ablated:
+            continue
+        top_k = row.settings.get("top_k", defaults["top_k"])
+        weight = row.settings.get("moe_loss_weight", defaults["moe_loss_weight"])
+        cells = [result["test_dice_mean"], result["test_dice_median"], result["test_iou_mean"], result["best_val_dice"]]
+        body.append(
+            [row.settings["encoder"], str(top_k), f"{weight:g}", *map(format_cell, cells), result["expert_usage"]]
+        )
+    if not body:
+        return ""
+    head = ["encoder", "top_k", "λ", "test Dice", "median Dice", "IoU", "best val Dice", "expert usage (last epoch)"]
+    return "## MoE ablations (stage 2 from the same stage-1 checkpoint)\n\n" + markdown_table(head, body)
+
+
+def write_summary(
+    results: list[dict[str, Any]], rows: dict[str, CompareRow], args: argparse.Namespace, command: str
+) -> None:
     """Write results.csv, results.md and dice_vs_latency.png into ``args.output``."""
     output = Path(args.output)
     buffer = io.StringIO()
@@ -330,6 +353,7 @@ def write_summary(results: list[dict[str, Any]], args: argparse.Namespace, comma
             ),
             table,
             medians,
+            *filter(None, [ablation_table(results, rows)]),
             "![test Dice against CPU latency](dice_vs_latency.png)",
         ]
     )
@@ -406,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # costs are measured afresh, all rows together once training is over, so no training run disturbs the latencies
     results = [{**result, **comparison.measure(key)} for key, result in zip(keys, results)]
     command = shlex.join(["python", "scripts/compare_models.py", *(argv if argv is not None else sys.argv[1:])])
-    write_summary(results, args, command)
+    write_summary(results, rows, args, command)
     print((Path(args.output) / "results.md").read_text(encoding="utf-8"))
     return 0
 

@@ -75,3 +75,21 @@ def test_rerun_reuses_finished_rows_and_refuses_another_budget(comparison):
     with pytest.raises(RuntimeError, match="another budget"):
         compare_models.main(changed)
     assert checkpoint.stat().st_mtime_ns == before
+
+
+def test_ablation_table_lists_top_k_and_lambda_of_each_stage2_row():
+    rows = compare_models.build_rows(["mobilenetv2"])
+    assert {"ablation-mobilenetv2-top1", "ablation-mobilenetv2-top4", "ablation-mobilenetv2-lambda0"} <= rows.keys()
+    scores = {"test_dice_mean": 0.5, "test_dice_median": 0.6, "test_iou_mean": 0.4, "best_val_dice": 0.55}
+    keys = [
+        "lh-mobilenetv2",
+        "lh-mobilenetv2-moe",
+        "unet",
+        "ablation-mobilenetv2-top3",
+        "ablation-mobilenetv2-lambda0.1",
+    ]
+    results = [{**scores, "row": key, "expert_usage": f"usage of {key}"} for key in keys]
+    lines = compare_models.ablation_table(results, rows).splitlines()[4:]
+    assert [line.split(" | ")[1:3] for line in lines] == [["2", "0.01"], ["3", "0.01"], ["2", "0.1"]]
+    assert lines[1].endswith("usage of ablation-mobilenetv2-top3 |")
+    assert compare_models.ablation_table(results[:3], rows) == ""  # no ablation rows, no table
