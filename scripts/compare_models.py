@@ -28,6 +28,7 @@ import csv
 import io
 import json
 import math
+import os
 import platform
 import shlex
 import subprocess
@@ -115,12 +116,16 @@ def bundle_command(configs: Sequence[Path], overrides: dict[str, Any]) -> list[s
     return command
 
 
-def run_logged(command: list[str], log_path: Path) -> float:
-    """Run ``command`` from the repository root with its output in ``log_path``; return wall seconds."""
+def run_logged(command: list[str], log_path: Path, threads: int) -> float:
+    """Run ``command`` from the repository root with ``threads`` CPU threads and its output in ``log_path``.
+
+    Returns the wall seconds. The thread count is fixed because CPU results depend on it (docs/reliability.md).
+    """
     print("$", shlex.join(command), flush=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     start = time.perf_counter()
     with open(log_path, "w", encoding="utf-8") as log:
-        result = subprocess.run(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, check=False)
+        result = subprocess.run(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
     if result.returncode != 0:
         tail = "".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines(True)[-30:])
         raise RuntimeError(f"command failed (exit {result.returncode}), log {log_path}:\n{tail}")
@@ -194,7 +199,8 @@ class Comparison:
 
     def budget_of(self, key: str) -> dict[str, Any]:
         stage2 = self.rows[key].stage1_row is not None
-        return {**self.budget, "epochs": self.args.epochs, "stage2_epochs": self.args.stage2_epochs if stage2 else 0}
+        epochs = {"epochs": self.args.epochs, "stage2_epochs": self.args.stage2_epochs if stage2 else 0}
+        return {**self.budget, **epochs, "train_threads": self.args.train_threads}
 
     def configs(self, key: str, evaluate: bool = False) -> list[Path]:
         """Config files of the row's training (stage 2: plus finetune_moe.json) or evaluation, peers' overlay last."""
@@ -227,7 +233,8 @@ class Comparison:
             overrides.update(stage1_ckpt=str(self.checkpoint(row.stage1_row)), epochs=self.args.stage2_epochs)
         else:
             overrides["epochs"] = self.args.epochs
-        minutes = run_logged(bundle_command(self.configs(key), overrides), run_dir / "train.log") / 60
+        command = bundle_command(self.configs(key), overrides)
+        minutes = run_logged(command, run_dir / "train.log", self.args.train_threads) / 60
         if row.stage1_row is not None:
             minutes += self.result(row.stage1_row)["train_minutes"]
         logs = run_dir / "train_logs"
@@ -251,7 +258,7 @@ class Comparison:
         if row.network_def is not None:  # evaluate.json reads the channels from LH-UTANet checkpoints only
             overrides.update(in_channels=3, out_channels=1)
         configs = self.configs(key, evaluate=True)
-        run_logged(bundle_command(configs, overrides), run_dir / "evaluate.log")
+        run_logged(bundle_command(configs, overrides), run_dir / "evaluate.log", self.args.train_threads)
         summary = json.loads((run_dir / "test" / "metrics_summary.json").read_text(encoding="utf-8"))
         out: dict[str, Any] = {"test_images": summary["images"]}
         for metric in METRICS:
@@ -345,7 +352,8 @@ def write_summary(
             f"Command: `{command}`",
             (
                 f"Budget: every network {args.epochs} stage-1 epochs at {args.image_size}×{args.image_size}, seed {args.seed}, "
-                f"batch {args.batch_size}; stage-2 rows add {args.stage2_epochs} epochs fine-tuning the stage-1 checkpoint. "
+                f"batch {args.batch_size}, {args.train_threads} CPU thread(s) per training process; stage-2 rows add "
+                f"{args.stage2_epochs} epochs fine-tuning the stage-1 checkpoint. "
                 f"Test metrics: `configs/evaluate.json` on the {results[0]['test_images']} test images at their original "
                 "resolution (mean over images; HD95 in pixels). CPU latency: batch 1 at the training size, "
                 f"{threads}, median of {LATENCY_ITERS} warm runs on {cpu_model()} ({platform.machine()}); "
@@ -410,6 +418,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--num_workers", type=int, default=2)
+    parser.add_argument(
+        "--train_threads",
+        type=int,
+        default=1,
+        help="CPU threads of each training and evaluation process (1 suits two comparisons side by side)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for the latency measurement")
     return parser.parse_args(argv)
 
