@@ -18,12 +18,12 @@ from monai.transforms import Randomizable, Transform
 
 from bundle.checkpoints import load_checkpoint
 from bundle.config import flag
+from bundle.handlers.moe_loss import unwrap
 from bundle.io import atomic_write
 
 logger = logging.getLogger(__name__)
 
 TRAINER_KEY, GRAD_SCALER_KEY = "trainer", "grad_scaler"
-PARALLEL_WRAPPERS = (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)
 
 
 class Stateful(Protocol):
@@ -217,10 +217,7 @@ class ResumeCheckpoint:
     def save(self, engine: Engine) -> None:
         if idist.get_rank() != 0:
             return
-        checkpoint = {
-            name: (obj.module if isinstance(obj, PARALLEL_WRAPPERS) else obj).state_dict()
-            for name, obj in self._objects(engine).items()
-        }
+        checkpoint = {name: unwrap(obj).state_dict() for name, obj in self._objects(engine).items()}
         atomic_write(self.path, lambda tmp: torch.save(checkpoint, tmp))
 
     def remove(self, engine: Engine) -> None:
