@@ -370,12 +370,12 @@ def write_summary(
 
 
 def plot(results: list[dict[str, Any]], path: Path, size: str) -> None:
-    """Scatter of test Dice against CPU latency, one labelled point per row, saved as PNG."""
+    """Scatter of test Dice against CPU latency, one labelled point per network (ablation rows have their table)."""
     figure = Figure(figsize=(7, 4.5))
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    for result in results:
-        lh = result["row"].startswith(("lh-", "ablation-"))
+    for result in (r for r in results if not r["row"].startswith("ablation-")):
+        lh = result["row"].startswith("lh-")
         axes.scatter(
             result["cpu_latency_ms"], result["test_dice_mean"], marker="o" if lh else "s", color="C0" if lh else "C1"
         )
