@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .config import flag
+
 logger = logging.getLogger(__name__)
 
 MOE_PREFIX = "moe."
@@ -70,6 +72,19 @@ def final_or_stage1_checkpoint(ckpt_dir: str | os.PathLike) -> str:
         if candidate.is_file():
             return str(candidate)
     raise FileNotFoundError(f"no checkpoint found: looked for {candidates[0]} and {candidates[1]}. Train first.")
+
+
+def check_overwrite(path: str | os.PathLike, overwrite: bool | str, resume: bool | str) -> None:
+    """Refuse to start a training whose best-checkpoint file ``path`` exists, unless ``overwrite`` or ``resume``.
+
+    The training would replace it at its first validation; ``models/`` holds the shipped weights. Raises
+    FileExistsError naming the file and the ids that choose another folder or allow the replacement.
+    """
+    if Path(path).exists() and not flag(overwrite, "overwrite") and not flag(resume, "resume"):
+        raise FileExistsError(
+            f"{path} already exists and this training would overwrite it. Write elsewhere with --save_dir DIR "
+            "(stage 1) or --ckpt_dir DIR (both stages), or pass --overwrite true to replace it."
+        )
 
 
 def load_stage1_weights(network: nn.Module, path: str | os.PathLike) -> nn.Module:

@@ -106,11 +106,11 @@ def test_package_bundle_zip_refusals_and_metadata_check(tmp_path, capsys):
     # weights go in only when they fit inference.json's network_def
     weights = root / "models" / "model.pt"
     weights.parent.mkdir()
-    torch.save(LightweightHierarchicalUTANet(encoder="mobilenetv2", use_moe=True).state_dict(), weights)
+    torch.save(LightweightHierarchicalUTANet(encoder="mobilenetv2", use_moe=False).state_dict(), weights)  # stage 1
     assert package(["--bundle-root", str(root), "--output", str(output), "--include-weights", "--overwrite"]) == 1
     assert "inference.json" in capsys.readouterr().err
     inference = json.loads((root / "configs" / "inference.json").read_text())
-    (root / "configs" / "inference.json").write_text(json.dumps({**inference, "encoder": "mobilenetv2"}))
+    (root / "configs" / "inference.json").write_text(json.dumps({**inference, "use_moe": False}))
     assert package(["--bundle-root", str(root), "--output", str(output), "--include-weights", "--overwrite"]) == 0
     with zipfile.ZipFile(output) as archive:
         assert "lh_utanet/models/model.pt" in archive.namelist()

@@ -15,7 +15,7 @@ import torch
 from ignite.engine import Engine
 from PIL import Image
 
-from bundle.checkpoints import load_checkpoint
+from bundle.checkpoints import load_checkpoint, read_state_dict
 from bundle.handlers import AtomicCheckpointSaver, ResumeCheckpoint
 from bundle.inference import load_predictor
 from bundle.networks import LightweightHierarchicalUTANet
@@ -179,6 +179,19 @@ def test_resume_refuses_to_lose_or_invent_a_run(dataset, tmp_path):
     with pytest.raises(Exception) as error:
         train(tmp_path, dataset, resume=True, epochs=2)
     assert "truncated or corrupt" in messages(error.value) and str(resume_ckpt) in messages(error.value)
+
+
+def test_training_refuses_to_overwrite_a_checkpoint_unless_told(dataset, tmp_path):
+    """models/ holds the shipped weights: a new training into it stops before writing, unless --overwrite true."""
+    checkpoint = tmp_path / "models" / "stage1" / "model.pt"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"shipped weights")
+    with pytest.raises(Exception) as error:
+        train(tmp_path, dataset, epochs=1)
+    assert str(checkpoint) in messages(error.value) and "--overwrite true" in messages(error.value)
+    assert checkpoint.read_bytes() == b"shipped weights"
+    train(tmp_path, dataset, epochs=1, overwrite="true")
+    assert len(read_state_dict(checkpoint)) > 100  # replaced by the new training's checkpoint
 
 
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoints(dataset, tmp_path):
