@@ -1,15 +1,18 @@
 """LH-UTANet MONAI bundle: networks, data, transforms, checkpoints, fine-tuning, handlers and distributed runs."""
 
 from . import (
+    backends,
     checkpoints,
     config,
     data,
     data_check,
     distributed,
     finetune,
+    formats,
     handlers,
     inference,
     io,
     networks,
     transforms,
+    tta,
 )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -14,6 +16,10 @@ from .config import flag
 logger = logging.getLogger(__name__)
 
 MOE_PREFIX = "moe."
+NETWORK_SETTINGS_KEY = "network_settings"
+# the ids that rebuild a trained network: the first four are fixed by its weights
+SHAPE_SETTINGS: tuple[str, ...] = ("encoder", "use_moe", "in_channels", "out_channels")
+NETWORK_SETTINGS: tuple[str, ...] = (*SHAPE_SETTINGS, "top_k", "image_size")
 
 
 def load_checkpoint(path: str | os.PathLike) -> object:
@@ -33,11 +39,14 @@ def load_checkpoint(path: str | os.PathLike) -> object:
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load a model state_dict from ``path`` on the CPU.
 
-    Accepts a plain state_dict or a dict holding one under ``"model"`` or ``"state_dict"`` (MONAI
-    CheckpointSaver, Lightning). Raises FileNotFoundError or ValueError naming the file when it is
-    missing, truncated or not a checkpoint.
+    Accepts a plain state_dict or a dict holding one under ``"model"`` or ``"state_dict"`` (this bundle's
+    training, MONAI CheckpointSaver, Lightning). Raises FileNotFoundError or ValueError naming the file when
+    it is missing, truncated or not a checkpoint.
     """
-    checkpoint = load_checkpoint(path)
+    return _state_dict_of(load_checkpoint(path), path)
+
+
+def _state_dict_of(checkpoint: object, path: str | os.PathLike) -> dict[str, torch.Tensor]:
     for key in ("model", "state_dict"):
         if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
             checkpoint = checkpoint[key]
@@ -46,23 +55,80 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return checkpoint
 
 
-def network_kwargs_from_checkpoint(path: str | os.PathLike) -> dict[str, object]:
-    """``encoder``, ``use_moe``, ``in_channels`` and ``out_channels`` of the LH-UTANet saved at ``path``.
-
-    Read from the key names and the stem/head shapes, so evaluation and inference build the network
-    the checkpoint needs. ``top_k`` has no parameters and cannot be read back.
+class NetworkSettings:
+    """The network ids a training used (NETWORK_SETTINGS), saved beside the weights as the checkpoint entry
+    ``network_settings`` (an item of the checkpoint saver's ``save_dict``), so that evaluation, inference,
+    export and MONAI Label rebuild the same network from the checkpoint alone.
     """
-    state = read_state_dict(path)
+
+    def __init__(self, settings: dict[str, object]) -> None:
+        self.settings = {key: settings[key] for key in NETWORK_SETTINGS}
+
+    def state_dict(self) -> dict[str, object]:
+        return {**self.settings, "image_size": [int(s) for s in self.settings["image_size"]]}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.settings = dict(state)
+
+
+def read_network_settings(path: str | os.PathLike) -> dict[str, object]:
+    """The NETWORK_SETTINGS of the LH-UTANet checkpoint at ``path`` that it records or that its weights show.
+
+    ``encoder``, ``use_moe``, ``in_channels`` and ``out_channels`` are read from the key names and the
+    stem/head shapes (plain state_dicts, like the shipped weights, have nothing else); ``top_k`` and the
+    training ``image_size`` only from the ``network_settings`` entry that this bundle's training saves.
+    Raises ValueError naming the file when it is not an LH-UTANet checkpoint.
+    """
+    checkpoint = load_checkpoint(path)
+    state = _state_dict_of(checkpoint, path)
     stems = {"encoder.conv1.weight": "resnet34", "encoder.features.0.0.weight": "mobilenetv2"}
     found = [key for key in stems if key in state]
     if len(found) != 1 or "head.weight" not in state:
         raise ValueError(f"{path} is not an LH-UTANet checkpoint (no encoder stem or head weights found).")
+    recorded = checkpoint.get(NETWORK_SETTINGS_KEY, {}) if isinstance(checkpoint, dict) else {}
     return {
+        **recorded,
         "encoder": stems[found[0]],
         "use_moe": any(key.startswith(MOE_PREFIX) for key in state),
         "in_channels": int(state[found[0]].shape[1]),
         "out_channels": int(state["head.weight"].shape[0]),
     }
+
+
+class SettingsMismatchError(SystemExit):
+    """Settings given on the command line contradict the checkpoint. A SystemExit, so that
+    ``python -m monai.bundle run`` ends with this one line instead of a traceback through the config parser."""
+
+
+def resolve_network_settings(
+    ckpt_path: str | os.PathLike, defaults: dict[str, object], **given: object
+) -> dict[str, object]:
+    """NETWORK_SETTINGS to build the network that ``ckpt_path`` needs: each from ``given`` when not None, else
+    recorded in the checkpoint (:func:`read_network_settings`), else from ``defaults`` (for plain state_dicts:
+    ``top_k``, ``image_size``).
+
+    ``top_k`` and ``image_size`` may differ from the training's; a given encoder, use_moe or channel count that
+    contradicts the weights raises SettingsMismatchError naming the file and the values it needs.
+    """
+    unknown = sorted(set(given) - set(NETWORK_SETTINGS))
+    if unknown:
+        raise ValueError(f"unknown network settings {unknown}; choose from {list(NETWORK_SETTINGS)}")
+    if isinstance(given.get("use_moe"), str):  # "--use_moe false" arrives as a string
+        given["use_moe"] = flag(given["use_moe"], "use_moe")
+    found = read_network_settings(ckpt_path)
+    contradictions = [key for key in SHAPE_SETTINGS if given.get(key) is not None and given[key] != found[key]]
+    if contradictions:
+        passed = " ".join(f"--{key} {json.dumps(given[key])}" for key in contradictions)
+        needed = " ".join(f"--{key} {json.dumps(found[key])}" for key in contradictions)
+        raise SettingsMismatchError(
+            f"error: {ckpt_path} does not fit {passed}: it needs {needed} (or leave these ids out; they are read "
+            "from the checkpoint)."
+        )
+    settings = {**defaults, **found, **{key: value for key, value in given.items() if value is not None}}
+    missing = [key for key in NETWORK_SETTINGS if key not in settings]
+    if missing:
+        raise ValueError(f"{ckpt_path} records no {', '.join(missing)}; pass them, e.g. --image_size \"[128, 128]\".")
+    return {key: settings[key] for key in NETWORK_SETTINGS}
 
 
 def final_or_stage1_checkpoint(ckpt_dir: str | os.PathLike) -> str:
@@ -72,6 +138,36 @@ def final_or_stage1_checkpoint(ckpt_dir: str | os.PathLike) -> str:
         if candidate.is_file():
             return str(candidate)
     raise FileNotFoundError(f"no checkpoint found: looked for {candidates[0]} and {candidates[1]}. Train first.")
+
+
+MONAI_LABEL_ENV = "MONAI_LABEL_APP_DIR"  # set by ``monailabel start_server`` for its app and training runs
+
+
+def training_save_dir(folder: str | os.PathLike) -> str:
+    """Where stage 1 saves: ``folder``; under a MONAI Label server a new ``<folder>/../monailabel/<UTC time>``.
+
+    MONAI Label trains the bundle in place, from the shipped weights and with no way to pass ``--ckpt_dir``;
+    a folder of its own per training keeps the shipped ``models/`` untouched and every earlier training.
+    """
+    if not os.environ.get(MONAI_LABEL_ENV):
+        return str(folder)
+    root = Path(folder).parent / "monailabel"
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    candidate, suffix = root / stamp, 1
+    while candidate.exists():
+        suffix += 1
+        candidate = root / f"{stamp}-{suffix}"
+    return str(candidate)
+
+
+def training_network_settings(requested: dict[str, object], served_ckpt: str | os.PathLike) -> dict[str, object]:
+    """train.json's network settings: ``requested`` (its ids); under a MONAI Label server, with the encoder and
+    channels of the model it serves and warm-starts the training from (``served_ckpt``, when it exists), so that
+    MONAI Label's non-strict CheckpointLoader finds every weight it can load (``use_moe`` stays as requested)."""
+    if not os.environ.get(MONAI_LABEL_ENV) or not Path(served_ckpt).is_file():
+        return dict(requested)
+    served = read_network_settings(served_ckpt)
+    return {**requested, **{key: served[key] for key in SHAPE_SETTINGS if key != "use_moe"}}
 
 
 def check_overwrite(path: str | os.PathLike, overwrite: bool | str, resume: bool | str) -> None:
@@ -97,7 +193,11 @@ def load_stage1_weights(network: nn.Module, path: str | os.PathLike) -> nn.Modul
     state = read_state_dict(path)
     own = network.state_dict()
     missing = [k for k in own if k not in state and not k.startswith(MOE_PREFIX)]
-    mismatched = [f"{k} {tuple(state[k].shape)}->{tuple(v.shape)}" for k, v in own.items() if k in state and state[k].shape != v.shape]
+    mismatched = [
+        f"{k} {tuple(state[k].shape)}->{tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
     unexpected = [k for k in state if k not in own]
     if missing or mismatched or unexpected:
         listing = "; ".join(
@@ -111,5 +211,11 @@ def load_stage1_weights(network: nn.Module, path: str | os.PathLike) -> nn.Modul
         )
     network.load_state_dict(state, strict=False)
     new = [k for k in own if k not in state]
-    logger.info("stage 1 -> stage 2: loaded %d tensors from %s; %d new MoE tensors: %s", len(state), path, len(new), ", ".join(new))
+    logger.info(
+        "stage 1 -> stage 2: loaded %d tensors from %s; %d new MoE tensors: %s",
+        len(state),
+        path,
+        len(new),
+        ", ".join(new),
+    )
     return network

@@ -16,9 +16,9 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from .formats import split_suffix
 from .io import atomic_write, atomic_write_json
 
-IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz")
 MASK_TAGS: tuple[str, ...] = ("_segmentation", "_mask")
 IGNORED_TAGS: tuple[str, ...] = ("_superpixels",)  # ISIC ships superpixel maps beside its images
 SPLIT_KEYS: tuple[str, ...] = ("training", "validation", "test")
@@ -53,15 +53,6 @@ class Problem(NamedTuple):
 
     def __str__(self) -> str:
         return f"{len(self.files)} {self.what}: {_format_files(self.files)}"
-
-
-def split_suffix(name: str) -> tuple[str, str]:
-    """Split a file name into ``(stem, lower-case image suffix)``; ``.nii.gz`` counts as one suffix."""
-    lower = name.lower()
-    for suffix in IMAGE_SUFFIXES:
-        if lower.endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)], suffix
-    return name, ""
 
 
 def _format_files(items: Sequence[object]) -> str:

@@ -22,13 +22,12 @@ import tifffile
 from PIL import Image
 
 from .config import flag
-from .data import ACCEPTED_LAYOUTS, Pair, Problem, discover_pairs, read_datalist_json, split_suffix
-from .inference import NIFTI_SUFFIXES, error_reason
+from .data import ACCEPTED_LAYOUTS, Pair, Problem, discover_pairs, read_datalist_json
+from .formats import NIFTI_SUFFIXES, TIFF_SUFFIXES, error_reason, split_suffix
 from .transforms import mask_threshold
 
 logger = logging.getLogger(__name__)
 
-TIFF_SUFFIXES: tuple[str, ...] = (".tif", ".tiff")
 # a mask value v is ambiguous (neither background nor foreground, JPEG noise included) when
 # BAND[0] * full < v < BAND[1] * full, full being 255 for 8-bit masks and the mask's maximum otherwise:
 # 32..223 for 8-bit masks; Kvasir-SEG's JPEG masks hold only 0..8 and 247..255

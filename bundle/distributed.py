@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from bundle.handlers.moe_loss import unwrap
 from ignite.engine import Engine, Events
 from torch import nn
-
-from bundle.handlers.moe_loss import unwrap
 
 
 def init_process_group(device: torch.device | str) -> None:

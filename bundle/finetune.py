@@ -7,9 +7,8 @@ import os
 import re
 from collections.abc import Sequence
 
-from torch import nn
-
 from bundle.checkpoints import load_stage1_weights
+from torch import nn
 
 logger = logging.getLogger(__name__)
 
@@ -38,24 +37,29 @@ def freeze_except(network: nn.Module, trainable_patterns: Sequence[str] = DEFAUL
         parameter.requires_grad_(_matches(name, trainable_patterns))
         trainable += parameter.numel() if parameter.requires_grad else 0
     if trainable == 0:
-        raise ValueError(f"no parameter matches the trainable patterns {list(trainable_patterns)}; nothing would train.")
+        raise ValueError(
+            f"no parameter matches the trainable patterns {list(trainable_patterns)}; nothing would train."
+        )
     frozen_norms = 0
     for module in network.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in module.parameters()):
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
+            p.requires_grad for p in module.parameters()
+        ):
             module.register_forward_pre_hook(_keep_eval)
             frozen_norms += 1
     total = sum(p.numel() for p in network.parameters())
     logger.info(
         "trainable: %d of %d parameters (patterns %s); %d frozen BatchNorm layers kept in eval mode",
-        trainable, total, list(trainable_patterns), frozen_norms,
+        trainable,
+        total,
+        list(trainable_patterns),
+        frozen_norms,
     )
     return network
 
 
 def prepare_moe_finetuning(
-    network: nn.Module,
-    stage1_ckpt: str | os.PathLike,
-    trainable_patterns: Sequence[str] = DEFAULT_TRAINABLE_PATTERNS,
+    network: nn.Module, stage1_ckpt: str | os.PathLike, trainable_patterns: Sequence[str] = DEFAULT_TRAINABLE_PATTERNS
 ) -> nn.Module:
     """Stage 2: load ``stage1_ckpt`` into the MoE network (checked, see ``load_stage1_weights``), then freeze the base."""
     return freeze_except(load_stage1_weights(network, stage1_ckpt), trainable_patterns)

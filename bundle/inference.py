@@ -1,14 +1,13 @@
-"""Batch inference on a folder of images: discovery, output naming, backends, post-processing, writing, report.
+"""Folder inference for ``configs/inference.json``: which files to segment and where their outputs go, decoding
+in DataLoader workers with bad files kept aside, binary masks, and the handler that writes masks and the report.
 
-``configs/inference.json`` builds a :class:`FolderSegmenter` from its ``preprocessing``, ``inferer`` and
-``postprocessing``; the same three objects serve MONAI Label on ``{"image": path}`` dicts.
+The config runs them through MONAI's ``SupervisedEvaluator``: ``dataset`` (:class:`DecodingDataset`) ->
+``dataloader`` (:class:`DecodedBatches`) -> ``predictor`` -> ``postprocessing`` -> ``writer``
+(:class:`FolderWriter`). MONAI Label uses the same ``preprocessing``, ``inferer`` and ``postprocessing``.
 """
 
 from __future__ import annotations
 
-import csv
-import gzip
-import io
 import logging
 import os
 from collections import defaultdict
@@ -16,29 +15,25 @@ from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
+from ignite.engine import Engine, Events
 from monai.config import KeysCollection
-from monai.data import MetaTensor
+from monai.data import Dataset, list_data_collate
 from monai.transforms import FillHoles, KeepLargestConnectedComponent, MapTransform
 from monai.utils import convert_to_dst_type
-from PIL import Image
 from skimage.measure import label as label_components
 from skimage.morphology import remove_small_objects
 from skimage.segmentation import find_boundaries
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from torch.utils.data import DataLoader
 
-from .checkpoints import network_kwargs_from_checkpoint, read_state_dict
 from .config import flag
-from .data import split_suffix
-from .io import atomic_write, atomic_write_text
+from .formats import error_reason, is_nifti, split_suffix
+from .io import atomic_write_csv, write_nifti_mask, write_npy, write_png
+from .transforms import ToImageLayoutd
 
 logger = logging.getLogger(__name__)
 
-NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
 REPORT_NAME = "predictions.csv"
 REPORT_FIELDS: tuple[str, ...] = (
     "path",
@@ -52,10 +47,9 @@ REPORT_FIELDS: tuple[str, ...] = (
 )
 OK, SKIPPED = "ok", "skipped: output exists"
 OVERLAY_COLOUR = (0, 255, 0)
-Predictor = Callable[[torch.Tensor], torch.Tensor]
 
 
-# ---------------------------------------------------------------- discovery and naming
+# ---------------------------------------------------------------- planning
 
 
 @dataclass(frozen=True)
@@ -69,10 +63,6 @@ class InputPlan:
     relative: str
     outputs: dict[str, Path]
     error: str = ""
-
-    @property
-    def is_nifti(self) -> bool:
-        return self.source.name.lower().endswith(NIFTI_SUFFIXES)
 
 
 def discover_files(dataset_dir: str | os.PathLike, exclude: str | os.PathLike | None = None) -> list[Path]:
@@ -140,8 +130,7 @@ def plan_outputs(
             plans.append(InputPlan(path, relative, {}, "empty file"))
             continue
         base = str(out / bases[path])
-        nifti = path.name.lower().endswith(NIFTI_SUFFIXES)
-        outputs = {"mask": Path(base + ("_mask.nii.gz" if nifti else "_mask.png"))}
+        outputs = {"mask": Path(base + ("_mask.nii.gz" if is_nifti(path.name) else "_mask.png"))}
         if save_probabilities:
             outputs["probabilities"] = Path(base + "_prob.npy")
         if save_overlay:
@@ -150,88 +139,109 @@ def plan_outputs(
     return plans
 
 
-# ---------------------------------------------------------------- backends
-
-
-class OnnxPredictor:
-    """ONNX Runtime model on the CPU: (B, C, H, W) float tensor -> logits (B, 1, H, W) on the input's device."""
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        import onnxruntime
-
-        self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        logits = self.session.run(None, {self.input_name: images.detach().cpu().numpy()})[0]
-        return torch.from_numpy(logits).to(images.device)
-
-
-def load_network(network: nn.Module, ckpt_path: str | os.PathLike) -> nn.Module:
-    """Load the state_dict at ``ckpt_path`` strictly into ``network``; return it in eval mode.
-
-    On a mismatch the ValueError names the network settings the checkpoint needs.
+class FolderPlan:
+    """The inputs under ``dataset_dir`` and what a run does with each: segment it, skip it (its outputs exist and
+    not ``overwrite``) or report why it cannot (``rows``: report rows of the inputs not segmented, by index).
     """
-    state = read_state_dict(ckpt_path)
-    try:
-        network.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        needed = " ".join(f"--{key} {value}" for key, value in network_kwargs_from_checkpoint(ckpt_path).items())
-        raise ValueError(f"{ckpt_path} does not fit network_def; it needs: {needed}.\n{error}") from error
-    return network.eval()
+
+    def __init__(
+        self,
+        dataset_dir: str | os.PathLike,
+        output_dir: str | os.PathLike,
+        overwrite: bool | str = False,
+        save_probabilities: bool | str = False,
+        save_overlay: bool | str = False,
+    ) -> None:
+        self.dataset_dir, self.output_dir = Path(dataset_dir), Path(output_dir)
+        self.overwrite = flag(overwrite, "overwrite")
+        files = discover_files(dataset_dir, exclude=output_dir)
+        self.inputs = plan_outputs(
+            files,
+            dataset_dir,
+            output_dir,
+            flag(save_probabilities, "save_probabilities"),
+            flag(save_overlay, "save_overlay"),
+        )
+        self.rows: dict[int, dict[str, object]] = {}
+        self.todo: list[int] = []
+        for index, plan in enumerate(self.inputs):
+            if plan.error:
+                self.rows[index] = error_row(plan, plan.error)
+            elif not self.overwrite and any(path.exists() for path in plan.outputs.values()):
+                self.rows[index] = {
+                    "path": plan.relative,
+                    "status": SKIPPED,
+                    "mask": self.relative(plan.outputs["mask"]),
+                }
+            else:
+                self.todo.append(index)
+
+    def relative(self, path: Path) -> str:
+        return Path(os.path.relpath(path, os.path.abspath(self.output_dir))).as_posix()
+
+    def data(self) -> list[dict[str, object]]:
+        """``[{"image": path, "index": i}]`` of the inputs to segment, ``i`` indexing ``inputs``."""
+        return [{"image": str(self.inputs[index].source), "index": index} for index in self.todo]
 
 
-def load_predictor(
-    backend: str,
-    device: torch.device | str,
-    network: nn.Module,
-    ckpt_path: str | os.PathLike,
-    ts_path: str | os.PathLike,
-    onnx_path: str | os.PathLike,
-) -> Predictor:
-    """The model as a callable (B, C, H, W) -> logits (B, 1, H, W).
+def error_row(plan: InputPlan, reason: str) -> dict[str, object]:
+    logger.warning("%s: %s", plan.relative, reason)
+    return {"path": plan.relative, "status": f"error: {reason}"}
 
-    ``backend``: "torch" (``network`` with ``ckpt_path`` loaded strictly), "torchscript" (``ts_path``)
-    or "onnx" (``onnx_path``, ONNX Runtime on the CPU).
+
+# ---------------------------------------------------------------- decoding
+
+
+class DecodingDataset(Dataset):
+    """MONAI ``Dataset`` whose items never raise: a file that fails to decode gives ``{"index", "error": reason}``,
+    so one bad file never stops a DataLoader worker or its batch."""
+
+    def _transform(self, index: int) -> dict:
+        try:
+            return dict(super()._transform(index))
+        except Exception as error:  # any decoder or transform failure becomes an error row
+            return {"index": self.data[index]["index"], "error": error_reason(error)}
+
+
+def split_failures(items: list[dict]) -> tuple[list[dict], list[dict]]:
+    """DataLoader ``collate_fn``: (decoded items, failure markers) of one batch, items left uncollated."""
+    return [item for item in items if "error" not in item], [item for item in items if "error" in item]
+
+
+def collate_signature(item: dict) -> tuple:
+    """What must agree for items to collate into one batch: each image meta entry's name, type and shape
+    (a PNG's 3×3 affine and a NIfTI's 4×4 one do not stack)."""
+    meta = getattr(item["image"], "meta", {})
+    return tuple((key, type(value).__name__, np.shape(value)) for key, value in sorted(meta.items()))
+
+
+class DecodedBatches:
+    """Batches of decoded items (MONAI ``list_data_collate``) for an engine; failures are kept in ``failures``.
+
+    Workers decode ahead of the model (``num_workers``), so decoding overlaps inference. Items are batched with
+    items of the same :func:`collate_signature` (in a mixed folder, PNGs with PNGs, NIfTIs with NIfTIs), so
+    every batch keeps MONAI's full metadata. An iterable without a length: the engine's epoch ends when the
+    files do, however many failed.
     """
-    if backend == "torch":
-        return load_network(network, ckpt_path)
-    paths = {"torchscript": ts_path, "onnx": onnx_path}
-    if backend not in paths:
-        raise ValueError(f"backend must be 'torch', 'torchscript' or 'onnx', got {backend!r}.")
-    if not Path(paths[backend]).is_file():
-        raise FileNotFoundError(f"{backend} model not found: {paths[backend]}")
-    try:
-        if backend == "torchscript":
-            return torch.jit.load(str(ts_path), map_location=device).eval()
-        return OnnxPredictor(onnx_path)
-    except Exception as error:  # torch and onnxruntime raise their own error types for broken files
-        message = f"{backend} model {paths[backend]} is truncated or corrupt and cannot be read: {error}"
-        raise ValueError(message) from error
 
+    def __init__(self, dataset: DecodingDataset, batch_size: int = 8, num_workers: int = 2) -> None:
+        self.batch_size = batch_size
+        self.loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=split_failures)
+        self.failures: list[dict] = []
 
-def export_onnx(network: nn.Module, path: str | os.PathLike, image_size: Sequence[int], in_channels: int = 3) -> None:
-    """Export ``network`` to ONNX (opset 17, TorchScript exporter) at ``path``, atomically.
-
-    Input ``image`` (B, in_channels, H, W), output ``pred`` logits (B, 1, H, W); batch, height and
-    width are dynamic axes (H and W multiples of 32). Traced at ``image_size`` (H, W).
-    """
-    network.eval()
-    example = torch.zeros(1, in_channels, *image_size, device=next(network.parameters()).device)
-    axes = {0: "batch", 2: "height", 3: "width"}
-    atomic_write(
-        path,
-        lambda tmp: torch.onnx.export(
-            network,
-            (example,),
-            str(tmp),
-            dynamo=False,
-            opset_version=17,
-            input_names=["image"],
-            output_names=["pred"],
-            dynamic_axes={"image": axes, "pred": axes},
-        ),
-    )
+    def __iter__(self) -> Iterator[dict]:
+        pending: dict[tuple, list[dict]] = defaultdict(list)
+        for items, failures in self.loader:
+            self.failures += failures
+            for item in items:
+                group = pending[collate_signature(item)]
+                group.append(item)
+                if len(group) == self.batch_size:
+                    yield list_data_collate(group)
+                    group.clear()
+        for group in pending.values():
+            if group:
+                yield list_data_collate(group)
 
 
 # ---------------------------------------------------------------- post-processing
@@ -295,53 +305,7 @@ class BinaryMaskd(MapTransform):
         return d
 
 
-# ---------------------------------------------------------------- decoding in workers
-
-class SafeImageDataset(Dataset):
-    """``transform({"image": path})`` per file, plus ``"index"``.
-
-    A failure returns ``{"index": i, "error": reason}`` instead of raising, so one bad file never
-    stops a DataLoader worker or its batch.
-    """
-
-    def __init__(self, files: Sequence[Path], transform: Callable[[dict], dict]) -> None:
-        self.files = list(files)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, index: int) -> dict:
-        try:
-            item = dict(self.transform({"image": str(self.files[index])}))
-        except Exception as error:  # any decoder or transform failure becomes an error row
-            return {"index": index, "error": error_reason(error)}
-        item["index"] = index
-        return item
-
-
-def split_failures(items: list[dict]) -> tuple[list[dict], list[dict]]:
-    """DataLoader ``collate_fn``: (decoded items, failure markers) of one batch, items left uncollated."""
-    return [item for item in items if "error" not in item], [item for item in items if "error" in item]
-
-
-def error_reason(error: BaseException) -> str:
-    """First sentence of the innermost exception (MONAI wraps decoder errors in RuntimeErrors), on one line."""
-    while error.__cause__ is not None:
-        error = error.__cause__
-    message = " ".join(str(error).split()).split(". ")[0] or type(error).__name__
-    return message[:200]
-
-
 # ---------------------------------------------------------------- writing
-
-
-def write_png(path: Path, array: np.ndarray) -> None:
-    """Write an (H, W) or (H, W, 3) uint8/uint16 array as PNG, atomically (rows stay rows).
-
-    zlib level 1: lossless like the default 6, several times faster on masks, files a little larger.
-    """
-    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG", compress_level=1))
 
 
 class SaveMaskd(MapTransform):
@@ -376,26 +340,6 @@ class SaveMaskd(MapTransform):
         return d
 
 
-def write_nifti_mask(path: Path, mask: np.ndarray, reference: Path) -> None:
-    """Write an (X, Y) uint8 mask as gzipped NIfTI with ``reference``'s shape, affine and header, atomically."""
-    image = nib.load(str(reference))
-    header = image.header.copy()
-    header.set_data_dtype(np.uint8)
-    header.set_slope_inter(1, 0)
-    out = nib.Nifti1Image(mask.reshape(image.shape[:3]), image.affine, header)
-    atomic_write(path, lambda tmp: tmp.write_bytes(gzip.compress(out.to_bytes())))
-
-
-def write_npy(path: Path, array: np.ndarray) -> None:
-    """Write ``array`` as .npy, atomically."""
-
-    def save(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-
-    atomic_write(path, save)
-
-
 def contour_overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """(1 or 3, H, W) image in [0, 1] and (H, W) bool mask -> (H, W, 3) uint8 RGB with the mask outline drawn."""
     rgb = (np.clip(np.moveaxis(image, 0, -1), 0, 1) * 255).round().astype(np.uint8)
@@ -420,161 +364,94 @@ def mask_statistics(mask: np.ndarray, probabilities: np.ndarray) -> dict[str, ob
     }
 
 
-def write_report(path: Path, rows: Sequence[Mapping[str, object]]) -> None:
-    """Write ``rows`` (keys from REPORT_FIELDS) as CSV, atomically."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=REPORT_FIELDS, restval="", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buffer.getvalue())
+class FolderWriter:
+    """Ignite handler of the folder evaluator: writes each input's outputs, then ``predictions.csv``.
 
+    Per post-processed item: ``pred`` (the mask in the image's layout, :class:`~bundle.transforms.ToImageLayoutd`)
+    and ``prob`` ((1, H, W) probabilities). Masks: 2D input -> ``<stem>_mask.png`` (uint8 0/255, (H, W)); NIfTI ->
+    ``<stem>_mask.nii.gz`` (uint8 0/1, the input's shape, affine and header). Optional: ``<stem>_prob.npy`` (float32
+    (H, W) probabilities in [0, 1], oriented as the mask) and ``<stem>_overlay.png`` (RGB image, mask outline in
+    green). Writes are atomic; a failed write costs only its input (an error row).
 
-# ---------------------------------------------------------------- the workflow
-
-
-class FolderSegmenter:
-    """Segment every image under ``dataset_dir``; masks at original size, mirrored folders, ``predictions.csv``.
-
-    Masks: 2D input -> ``<stem>_mask.png`` (uint8 0/255, (H, W)); NIfTI -> ``<stem>_mask.nii.gz`` (uint8
-    0/1, the input's shape, affine and header). Stems shared in a folder get the extension
-    (``a_png_mask.png``). Optional: ``<stem>_prob.npy`` (float32 (H, W) foreground probabilities in
-    [0, 1], same orientation as the mask) and ``<stem>_overlay.png`` (RGB image, mask outline in green).
-
-    Bad files (unreadable, corrupt, empty, unsupported extension) get an ``error: <reason>`` row and
-    the run goes on; an input whose outputs exist gets ``skipped: output exists`` and is not
-    touched unless ``overwrite``. ``predictions.csv`` is rewritten when the run wrote a mask (also when
-    it stops midway), so a re-run with nothing new writes nothing. Raises at the end when no input gave
-    a mask or was skipped.
+    ``predictions.csv`` has a row per input in ``plan`` order (segmented, skipped, bad file, or "not processed"
+    when the run stopped early). It is rewritten when the run wrote a mask (also when it stops midway), so a
+    re-run with nothing new writes nothing. When no input gave a mask or was skipped the run raises at the end.
 
     Args:
-        dataset_dir: input folder, searched recursively (hidden files skipped).
-        output_dir: output folder (files under it are not treated as inputs).
-        preprocessing: ``{"image": path}`` -> ``{"image": (C, H', W') MetaTensor}`` at the model size.
-        postprocessing: ``{"image", "pred": (1, H', W') logits}`` -> ``{"pred": (1, H, W) {0,1}, "prob": (1, H, W)}``.
-        predictor: (B, C, H', W') -> logits (B, 1, H', W'); see :func:`load_predictor`.
-        inferer: MONAI inferer called as ``inferer(images, predictor)``.
+        plan: the :class:`FolderPlan` the evaluator's data come from.
+        batches: its :class:`DecodedBatches` (inputs that failed to decode).
         display_transform: ``{"image": path}`` -> ``{"image": (1 or 3, H, W) in [0, 1]}`` for overlays.
     """
 
     def __init__(
-        self,
-        dataset_dir: str | os.PathLike,
-        output_dir: str | os.PathLike,
-        preprocessing: Callable[[dict], dict],
-        postprocessing: Callable[[dict], dict],
-        predictor: Predictor,
-        inferer: Callable[[torch.Tensor, Predictor], torch.Tensor],
-        device: torch.device | str = "cpu",
-        batch_size: int = 8,
-        num_workers: int = 2,
-        overwrite: bool | str = False,
-        save_probabilities: bool | str = False,
-        save_overlay: bool | str = False,
-        display_transform: Callable[[dict], dict] | None = None,
+        self, plan: FolderPlan, batches: DecodedBatches, display_transform: Callable[[dict], dict] | None = None
     ) -> None:
-        if flag(save_overlay, "save_overlay") and display_transform is None:
+        if any("overlay" in item.outputs for item in plan.inputs) and display_transform is None:
             raise ValueError("save_overlay needs a display_transform.")
-        self.dataset_dir, self.output_dir = Path(dataset_dir), Path(output_dir)
-        self.preprocessing, self.postprocessing = preprocessing, postprocessing
-        self.predictor, self.inferer, self.device = predictor, inferer, torch.device(device)
-        self.batch_size, self.num_workers, self.overwrite = batch_size, num_workers, flag(overwrite, "overwrite")
-        self.save_probabilities = flag(save_probabilities, "save_probabilities")
-        self.save_overlay = flag(save_overlay, "save_overlay")
-        self.display_transform = display_transform
+        self.plan, self.batches, self.display_transform = plan, batches, display_transform
+        self.rows: dict[int, dict[str, object]] = {}
+        self.finished = False  # the report is written: an error raised after it must not rewrite it
 
-    def run(self) -> list[dict[str, object]]:
-        """Segment the folder; return the report rows (also written to ``output_dir/predictions.csv``)."""
-        files = discover_files(self.dataset_dir, exclude=self.output_dir)
-        plans = plan_outputs(files, self.dataset_dir, self.output_dir, self.save_probabilities, self.save_overlay)
-        rows: dict[int, dict[str, object]] = {}
-        todo = []
-        for index, plan in enumerate(plans):
-            if plan.error:
-                rows[index] = self._error_row(plan, plan.error)
-            elif not self.overwrite and any(path.exists() for path in plan.outputs.values()):
-                rows[index] = {"path": plan.relative, "status": SKIPPED, "mask": self._relative(plan.outputs["mask"])}
-            else:
-                todo.append(index)
-        try:
-            for position, row in self._segment([plans[index] for index in todo]):
-                rows[todo[position]] = row
-        finally:
-            report = [rows.get(index) or self._error_row(plan, "not processed") for index, plan in enumerate(plans)]
-            report_path = self.output_dir / REPORT_NAME
-            if self.overwrite or not report_path.exists() or any(row["status"] == OK for row in report):
-                write_report(report_path, report)
-            else:  # a re-run that segmented nothing new writes nothing, not even the report
-                logger.info("no new mask written; %s left as it was", report_path)
-        counts = {status: sum(row["status"] == status for row in report) for status in (OK, SKIPPED)}
-        logger.info(
-            "%d ok, %d skipped, %d errors; report: %s",
-            counts[OK],
-            counts[SKIPPED],
-            len(report) - sum(counts.values()),
-            self.output_dir / REPORT_NAME,
-        )
-        if not any(counts.values()):
-            raise RuntimeError(
-                f"no input in {self.dataset_dir} could be segmented; see {self.output_dir / REPORT_NAME}."
-            )
-        return report
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.write_batch)
+        engine.add_event_handler(Events.COMPLETED, self.finish)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self.stopped)
 
-    def _segment(self, plans: list[InputPlan]) -> Iterator[tuple[int, dict[str, object]]]:
-        """Decode ``plans`` in DataLoader workers, run the model per batch; yield (index in plans, report row)."""
-        if not plans:
-            return
-        loader = DataLoader(
-            SafeImageDataset([plan.source for plan in plans], self.preprocessing),
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            collate_fn=split_failures,
-        )
-        with tqdm(total=len(plans), unit="image", desc="segmenting") as bar:
-            for items, failures in loader:
-                for failure in failures:
-                    yield failure["index"], self._error_row(plans[failure["index"]], failure["error"])
-                if items:
-                    yield from self._segment_batch(plans, items)
-                bar.update(len(items) + len(failures))
-
-    @torch.inference_mode()
-    def _segment_batch(self, plans: list[InputPlan], items: list[dict]) -> list[tuple[int, dict[str, object]]]:
-        """Model forward on decoded ``items`` ({"image": (C, H', W'), "index"}), then post-process and write each."""
-        images = torch.stack([item["image"].as_tensor() for item in items]).to(self.device)
-        logits = self.inferer(images, self.predictor)
-        rows = []
-        for item, pred in zip(items, logits):
-            plan = plans[item["index"]]
-            pred = MetaTensor(pred)  # Invertd inverts MetaTensors only, whatever the backend returned
+    def write_batch(self, engine: Engine) -> None:
+        for item, output in zip(engine.state.batch, engine.state.output):
+            index = int(item["index"])
+            plan = self.plan.inputs[index]
             try:
-                rows.append((item["index"], self._save(plan, self.postprocessing({**item, "pred": pred}))))
-            except Exception as error:  # a failed inversion or write costs only this input
-                rows.append((item["index"], self._error_row(plan, error_reason(error))))
-        return rows
+                self.rows[index] = self.save(plan, output["pred"], output["prob"], output["image"])
+            except Exception as error:  # a failed write costs only this input
+                self.rows[index] = error_row(plan, error_reason(error))
 
-    def _save(self, plan: InputPlan, result: Mapping[str, torch.Tensor]) -> dict[str, object]:
-        """Write the outputs of one post-processed input; return its report row."""
-        mask = torch.as_tensor(result["pred"])[0].cpu().numpy() > 0
-        probabilities = torch.as_tensor(result["prob"])[0].float().cpu().numpy()
-        if plan.is_nifti:
+    def save(self, plan: InputPlan, pred: torch.Tensor, prob: torch.Tensor, image: torch.Tensor) -> dict[str, object]:
+        """Write the outputs of one input; return its report row."""
+        mask = ToImageLayoutd.to_rows_first(torch.as_tensor(pred).cpu().numpy(), image) > 0
+        probabilities = torch.as_tensor(prob)[0].float().cpu().numpy()
+        if is_nifti(plan.source.name):
             write_nifti_mask(plan.outputs["mask"], mask.astype(np.uint8), plan.source)
         else:
             write_png(plan.outputs["mask"], mask.astype(np.uint8) * 255)
         if "probabilities" in plan.outputs:
             write_npy(plan.outputs["probabilities"], probabilities)
         if "overlay" in plan.outputs:
-            image = torch.as_tensor(self.display_transform({"image": str(plan.source)})["image"]).cpu().numpy()
-            write_png(plan.outputs["overlay"], contour_overlay(image, mask))
+            display = torch.as_tensor(self.display_transform({"image": str(plan.source)})["image"]).cpu().numpy()
+            write_png(plan.outputs["overlay"], contour_overlay(display, mask))
         return {
             "path": plan.relative,
             "status": OK,
             **mask_statistics(mask, probabilities),
-            "mask": self._relative(plan.outputs["mask"]),
+            "mask": self.plan.relative(plan.outputs["mask"]),
         }
 
-    def _error_row(self, plan: InputPlan, reason: str) -> dict[str, object]:
-        logger.warning("%s: %s", plan.relative, reason)
-        return {"path": plan.relative, "status": f"error: {reason}"}
+    def report(self) -> list[dict[str, object]]:
+        """Write ``predictions.csv`` (unless the run wrote nothing new); return its rows."""
+        rows = {**self.plan.rows, **self.rows}
+        for failure in self.batches.failures:
+            rows[failure["index"]] = error_row(self.plan.inputs[failure["index"]], failure["error"])
+        report = [rows.get(index) or error_row(plan, "not processed") for index, plan in enumerate(self.plan.inputs)]
+        path = self.plan.output_dir / REPORT_NAME
+        if self.plan.overwrite or not path.exists() or any(row["status"] == OK for row in report):
+            atomic_write_csv(path, REPORT_FIELDS, report)
+        else:  # a re-run that segmented nothing new writes nothing, not even the report
+            logger.info("no new mask written; %s left as it was", path)
+        return report
 
-    def _relative(self, path: Path) -> str:
-        return Path(os.path.relpath(path, self.output_dir)).as_posix()
+    def finish(self, engine: Engine) -> None:
+        report = self.report()
+        counts = {status: sum(row["status"] == status for row in report) for status in (OK, SKIPPED)}
+        path = self.plan.output_dir / REPORT_NAME
+        errors = len(report) - sum(counts.values())
+        logger.info("%d ok, %d skipped, %d errors; report: %s", counts[OK], counts[SKIPPED], errors, path)
+        engine.state.report = report
+        self.finished = True
+        if not any(counts.values()):
+            raise RuntimeError(f"no input in {self.plan.dataset_dir} could be segmented; see {path}.")
+
+    def stopped(self, engine: Engine, error: BaseException) -> None:
+        """The run stopped on ``error``: report what was done, then raise it again."""
+        if not self.finished:
+            self.report()
+        raise error

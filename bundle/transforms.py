@@ -20,14 +20,33 @@ from monai.data.utils import is_supported_format
 from monai.transforms import GaussianSmooth, MapTransform, Resized
 from monai.utils import ImageMetaKey, MetaKeys
 
-JPEG_SUFFIXES = (".jpg", ".jpeg")
+from .formats import JPEG_SUFFIXES
+
+ROW_MAJOR = "row_major"  # image meta key: True when the array is (H, W), rows first, while MONAI's 2D layout is (W, H)
+
+
+class RowMajorPILReader(PILReader):
+    """``PILReader(reverse_indexing=False)``: (H, W[, C]) arrays, rows first, marked ``meta["row_major"] = True``.
+
+    Its ``spatial_shape`` stays MONAI's (W, H), which MONAI Label's ``Restored`` uses; :class:`ToImageLayoutd`
+    turns predictions back into that layout.
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(reverse_indexing=False, **kwargs)
+
+    def get_data(self, img) -> tuple[np.ndarray, dict]:
+        array, meta = super().get_data(img)
+        meta[ROW_MAJOR] = True
+        return array, meta
 
 
 class TiffReader(ImageReader):
     """Read .tif/.tiff with tifffile (PIL fails on many scientific TIFFs, e.g. 16-bit multi-sample).
 
-    Returns (H, W) or (H, W, C) arrays in the stored dtype, in the same (row, column) order as
-    ``PILReader(reverse_indexing=False)``; the channel axis is recorded for ``EnsureChannelFirstd``.
+    Returns (H, W) or (H, W, C) arrays in the stored dtype, in the same (row, column) order and with the same
+    metadata as :class:`RowMajorPILReader` (``spatial_shape`` (W, H), ``row_major``); the channel axis is
+    recorded for ``EnsureChannelFirstd``.
     """
 
     def verify_suffix(self, filename: Sequence[str | os.PathLike] | str | os.PathLike) -> bool:
@@ -43,7 +62,8 @@ class TiffReader(ImageReader):
             raise ValueError(f"expected one 2D TIFF image (H, W) or (H, W, C), got shapes {[a.shape for a in arrays]}.")
         array = arrays[0]
         meta = {
-            MetaKeys.SPATIAL_SHAPE: np.asarray(array.shape[:2]),
+            MetaKeys.SPATIAL_SHAPE: np.asarray(array.shape[1::-1]),
+            ROW_MAJOR: True,
             MetaKeys.ORIGINAL_CHANNEL_DIM: -1 if array.ndim == 3 else float("nan"),
             MetaKeys.AFFINE: np.eye(3),
             MetaKeys.ORIGINAL_AFFINE: np.eye(3),
@@ -53,7 +73,7 @@ class TiffReader(ImageReader):
 
 def image_readers() -> list[ImageReader]:
     """Readers for PNG/JPG/BMP (row-major, i.e. (H, W[, C])), TIFF and NIfTI, for ``LoadImaged(reader=...)``."""
-    return [NibabelReader(), TiffReader(), PILReader(reverse_indexing=False)]
+    return [NibabelReader(), TiffReader(), RowMajorPILReader()]
 
 
 def _squeeze_single_slice(image: torch.Tensor) -> torch.Tensor:
@@ -99,7 +119,9 @@ class ToImageChannelsd(MapTransform):
             elif image.shape[0] > 1 and self.channels == 1:
                 image = image.float().mean(dim=0, keepdim=True)
             if image.shape[0] != self.channels:
-                raise ValueError(f"{_source(d, key)}: has {image.shape[0]} channels, the network expects {self.channels}.")
+                raise ValueError(
+                    f"{_source(d, key)}: has {image.shape[0]} channels, the network expects {self.channels}."
+                )
             d[key] = _scale_to_unit(image)
         return d
 
@@ -211,3 +233,42 @@ class AntialiasedResized(Resized):
                 resized = _apply_banded(rows, _apply_banded(columns, pixels).transpose(1, 2)).transpose(1, 2)
                 d[key].as_subclass(torch.Tensor).copy_(resized)
         return d
+
+
+def is_row_major(image: torch.Tensor) -> bool:
+    """True when ``image`` was read rows first (:class:`RowMajorPILReader`, :class:`TiffReader`)."""
+    return bool(getattr(image, "meta", {}).get(ROW_MAJOR, False))
+
+
+class ToImageLayoutd(MapTransform):
+    """(1, H, W) prediction -> the reference image's own layout as its reader records it (``spatial_shape``).
+
+    A 2D image read rows first (PNG, JPG, BMP, TIFF) gives (W, H), MONAI's 2D layout; a single-slice NIfTI gives
+    its stored shape (X, Y, 1). That is what MONAI Label's ``Restored`` and its writers expect (they transpose
+    2D arrays when writing), so a mask leaves MONAI Label at the image's H×W. ``dtype`` casts the result
+    (uint8 for masks: MONAI Label's PNG/JPG writers take no float). :meth:`to_rows_first` undoes it.
+    """
+
+    def __init__(self, keys: KeysCollection, ref_key: str = "image", dtype: torch.dtype | None = None) -> None:
+        super().__init__(keys)
+        self.ref_key, self.dtype = ref_key, dtype
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        reference = d[self.ref_key]
+        for key in self.key_iterator(d):
+            pred = d[key]
+            if pred.ndim != 3 or pred.shape[0] != 1:
+                raise ValueError(f"expected a one-channel prediction (1, H, W), got {tuple(pred.shape)}.")
+            if is_row_major(reference):
+                pred = pred[0].T
+            else:
+                shape = [int(s) for s in reference.meta.get(MetaKeys.SPATIAL_SHAPE, pred.shape[1:])]
+                pred = pred.reshape(shape)
+            d[key] = pred.to(self.dtype) if self.dtype is not None else pred
+        return d
+
+    @staticmethod
+    def to_rows_first(array: np.ndarray, reference: torch.Tensor) -> np.ndarray:
+        """Inverse for writing: the :class:`ToImageLayoutd` layout of ``reference``'s image -> (H, W)."""
+        return array.T if is_row_major(reference) else array.reshape(array.shape[:2])

@@ -9,7 +9,7 @@ work only) and warm batch-1 CPU latency and writes a markdown report. Suites:
   resolution, last decoder width, bottleneck, encoder stem), with the latency
   difference to each group's reference row (``docs/architecture_costs.md``);
 - ``throughput``: folder throughput (images/s) of the bundle's inference command
-  (``configs/inference.json`` -> ``segmenter.run()``: decode, resize, model, inversion,
+  (``configs/inference.json`` -> ``evaluator.run()``: decode, resize, model, inversion,
   post-processing, PNG and CSV writing) on the first 100 Kvasir-SEG images of
   ``../shared/data/kvasir-seg/images``, with randomly initialised checkpoints
   (``docs/benchmark_throughput.md``).
@@ -504,7 +504,19 @@ THROUGHPUT_ROWS: dict[str, PipelineRow] = {
     "lh-mobilenetv2-moe": PipelineRow("lh-mobilenetv2-moe", {"encoder": "mobilenetv2", "use_moe": True}, 15.0),
     "lh-resnet34-moe": PipelineRow("lh-resnet34-moe", {"encoder": "resnet34", "use_moe": True}, 6.0),
     **{
-        key: PipelineRow(key, {"network_def": MONAI_PEERS[key].network_def()})
+        key: PipelineRow(
+            key,
+            {  # inference.json reads network_settings from LH-UTANet checkpoints only
+                "network_def": MONAI_PEERS[key].network_def(),
+                "in_channels": IN_CHANNELS,
+                "out_channels": OUT_CHANNELS,
+                "network_settings": {
+                    "in_channels": IN_CHANNELS,
+                    "out_channels": OUT_CHANNELS,
+                    "image_size": list(THROUGHPUT_SIZE),
+                },
+            },
+        )
         for key in ("unet", "flexibleunet-resnet34")
     },
 }
@@ -517,7 +529,7 @@ def _inference_settings() -> dict[str, Any]:
 
 
 def measure_throughput(key: str) -> float:
-    """Images/s of ``segmenter.run()`` of configs/inference.json on the first Kvasir-SEG images, for row ``key``.
+    """Images/s of the ``evaluator`` of configs/inference.json on the first Kvasir-SEG images, for row ``key``.
 
     Builds a random checkpoint of the row's network, links the images into a temporary folder
     and times the whole run (worker start, decode, resize, model, inversion, post-processing, writing).
@@ -539,17 +551,16 @@ def measure_throughput(key: str) -> float:
                 "dataset_dir": str(images),
                 "output_dir": str(output),
                 "ckpt_path": str(ckpt),
-                "encoder": "mobilenetv2",
-                "use_moe": True,
                 "image_size": list(THROUGHPUT_SIZE),
                 "device": "$torch.device('cpu')",
                 **pipeline.overrides,
             }
         )
-        segmenter = parser.get_parsed_content("segmenter")
+        evaluator = parser.get_parsed_content("evaluator")
         start = time.perf_counter()
-        report = segmenter.run()
+        evaluator.run()
         seconds = time.perf_counter() - start
+        report = evaluator.state.report
     failed = [row["path"] for row in report if row["status"] != "ok"]
     if failed:
         raise RuntimeError(f"{len(failed)} image(s) not segmented, e.g. {failed[0]}")
@@ -647,11 +658,7 @@ SUITES: dict[str, Suite] = {
 
 
 def format_report(
-    results: Results,
-    rounds: dict[str, list[float]],
-    args: argparse.Namespace,
-    command: str,
-    load: tuple[float, float],
+    results: Results, rounds: dict[str, list[float]], args: argparse.Namespace, command: str, load: tuple[float, float]
 ) -> tuple[str, int]:
     """Render the markdown report; also return the number of failed budgets."""
     import monai
@@ -664,10 +671,11 @@ def format_report(
 `configs/inference.json` parsed with `monai.bundle.ConfigParser`, overrides `dataset_dir` (the first
 {THROUGHPUT_IMAGES} files, sorted, of `../shared/data/kvasir-seg/images`: Kvasir-SEG JPGs of varying size),
 `output_dir` (a fresh temporary folder), `ckpt_path` (a temporary `torch.save(state_dict)` of randomly
-initialised weights), `encoder`, `use_moe` true, `image_size` {list(THROUGHPUT_SIZE)}, `device` cpu; the MONAI
-peers override `network_def` with the MONAI network, everything else identical.
-Timed: `segmenter.run()` end to end (DataLoader worker start, decode, resize, normalise, model, inversion
-to the original size, post-processing, PNG masks, `predictions.csv`); images/s = {THROUGHPUT_IMAGES} / seconds.
+initialised weights; the network is read from it), `image_size` {list(THROUGHPUT_SIZE)}, `device` cpu; the MONAI
+peers override `network_def` with the MONAI network (and `network_settings`), everything else identical.
+Timed: the `evaluator` (MONAI's SupervisedEvaluator) end to end (DataLoader worker start, decode, resize,
+normalise, model, inversion to the original size, post-processing, PNG masks, `predictions.csv`);
+images/s = {THROUGHPUT_IMAGES} / seconds.
 inference.json settings used: `batch_size` {settings["batch_size"]}, `num_workers` {settings["num_workers"]}
 (decoding processes beside the main process, which runs the model with {args.threads} torch thread(s)).
 Each configuration in a fresh process; {args.repeats} interleaved round-robin round(s);

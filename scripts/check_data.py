@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bundle.data_check import check_dataset
+from bundle.data_check import check_dataset  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,6 +11,10 @@ Rows (``--rows``, default all):
     lh-resnet34-moe, lh-mobilenetv2-moe         stage 1 + stage 2 (top_k 2, lambda 0.01), from the stage-1 run
     basicunet, unet, attentionunet, flexibleunet-resnet34, swinunetr   MONAI peers (scripts/benchmark.py)
     ablation-<enc>-top{1,3,4}, ablation-<enc>-lambda{0,0.1}    stage-2 ablations (with ``--ablations <enc>``)
+    study-<enc>-<recipe>-s<seed>                stage-2 recipes (STAGE2_RECIPES) x ``--study_seeds`` (with ``--study <enc>``)
+
+``--stage1_ckpt PATH`` makes every stage-2 row fine-tune that checkpoint (e.g. the shipped, converged
+``models/stage1/model.pt``) instead of the one its stage-1 row trains.
 
 Each row's run folder under ``--work_dir`` keeps its checkpoints, logs and ``result.json``; a re-run reuses
 finished rows, so an interrupted comparison continues where it stopped. The summary is written to
@@ -24,8 +28,6 @@ Usage (from the repository root):
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import math
 import os
@@ -47,9 +49,8 @@ from monai.bundle import ConfigParser
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from benchmark import MONAI_PEERS, cpu_model, markdown_table, measure_cost, measure_latency
-
-from bundle.io import atomic_write, atomic_write_json, atomic_write_text
+from benchmark import MONAI_PEERS, cpu_model, markdown_table, measure_cost, measure_latency  # noqa: E402
+from bundle.io import atomic_write, atomic_write_csv, atomic_write_json, atomic_write_text  # noqa: E402
 
 CONFIGS = REPO_ROOT / "configs"
 LH_ENCODERS = ("resnet34", "mobilenetv2")
@@ -74,18 +75,60 @@ COLUMNS = (
 class CompareRow:
     """One network of the comparison: how to train and evaluate it with the bundle configs.
 
-    ``settings`` are bundle ids passed as command-line overrides to training and evaluation; ``network_def``
-    (MONAI peers) replaces the LH-UTANet in an overlay; a stage-2 row fine-tunes ``stage1_row``'s checkpoint.
+    ``settings`` are bundle ids passed as command-line overrides to training and evaluation; a stage-2 row
+    trains ``epoch_factor`` x ``--stage2_epochs`` epochs; ``overlay`` holds config entries written into an overlay file
+    that comes last (MONAI peers: ``network_def``; recipes: ``train#lr_scheduler``); a stage-2 row
+    fine-tunes ``stage1_row``'s checkpoint.
     """
 
     name: str
     settings: dict[str, Any] = field(default_factory=dict)
-    network_def: dict[str, Any] | None = None
+    overlay: dict[str, Any] = field(default_factory=dict)
     stage1_row: str | None = None
+    epoch_factor: int = 1
+    study: bool = False
 
 
-def build_rows(ablation_encoders: Sequence[str]) -> dict[str, CompareRow]:
-    """All rows, in table order: LH-UTANet stage 1 / stage 1+2 per encoder, the MONAI peers, then ablations."""
+def warmup_cosine_scheduler(warmup_epochs: int) -> dict[str, Any]:
+    """``train#lr_scheduler``: linear warm-up from 0.1x over ``warmup_epochs``, then cosine to 0 (epoch level)."""
+    return {
+        "_target_": "torch.optim.lr_scheduler.SequentialLR",
+        "optimizer": "@optimizer",
+        "schedulers": [
+            {
+                "_target_": "torch.optim.lr_scheduler.LinearLR",
+                "optimizer": "@optimizer",
+                "start_factor": 0.1,
+                "total_iters": warmup_epochs,
+            },
+            {
+                "_target_": "torch.optim.lr_scheduler.CosineAnnealingLR",
+                "optimizer": "@optimizer",
+                "T_max": f"$@train#trainer#max_epochs - {warmup_epochs}",
+            },
+        ],
+        "milestones": [warmup_epochs],
+    }
+
+
+STAGE2_RECIPES: dict[str, tuple[str, dict[str, Any], dict[str, Any], int]] = {
+    # key: (label, bundle-id settings, overlay, epoch factor)
+    "a": ("(a) reference recipe: MoE only, lr 1e-4", {}, {}, 1),
+    "b": (
+        "(b) MoE only, lr 1e-3, 2 warm-up epochs, 2x epochs",
+        {"learning_rate": 1e-3},
+        {"train#lr_scheduler": warmup_cosine_scheduler(2)},
+        2,
+    ),
+    "e": ("(e) MoE + decoder + head trainable, lr 1e-4", {"trainable_patterns": ["moe", "decoder", "head"]}, {}, 1),
+}
+
+
+def build_rows(
+    ablation_encoders: Sequence[str], study_encoders: Sequence[str] = (), study_seeds: Sequence[int] = ()
+) -> dict[str, CompareRow]:
+    """All rows, in table order: LH-UTANet stage 1 / stage 1+2 per encoder, the MONAI peers, ablations, then
+    the stage-2 study (every recipe of STAGE2_RECIPES with every seed)."""
     rows: dict[str, CompareRow] = {}
     for encoder in LH_ENCODERS:
         rows[f"lh-{encoder}"] = CompareRow(f"LH-UTANet {encoder} (stage 1)", {"encoder": encoder})
@@ -93,7 +136,7 @@ def build_rows(ablation_encoders: Sequence[str]) -> dict[str, CompareRow]:
             f"LH-UTANet {encoder} (stage 1 + 2, top_k 2, λ 0.01)", {"encoder": encoder}, stage1_row=f"lh-{encoder}"
         )
     for key, peer in MONAI_PEERS.items():
-        rows[key] = CompareRow(peer.name, network_def=peer.network_def())
+        rows[key] = CompareRow(peer.name, overlay={"network_def": peer.network_def()})
     for encoder in ablation_encoders:
         variants = [("top_k", k, f"top{k}") for k in (1, 3, 4)] + [
             ("moe_loss_weight", w, f"lambda{w:g}") for w in (0.0, 0.1)
@@ -105,6 +148,20 @@ def build_rows(ablation_encoders: Sequence[str]) -> dict[str, CompareRow]:
                 {"encoder": encoder, setting: value},
                 stage1_row=f"lh-{encoder}",
             )
+    for encoder in study_encoders:
+        rows[f"study-{encoder}-stage1"] = CompareRow(
+            f"LH-UTANet {encoder} stage 1 (--stage1_ckpt, not trained here)", {"encoder": encoder}, study=True
+        )
+        for recipe, (label, settings, overlay, epoch_factor) in STAGE2_RECIPES.items():
+            for seed in study_seeds:
+                rows[f"study-{encoder}-{recipe}-s{seed}"] = CompareRow(
+                    f"LH-UTANet {encoder} stage 2 {label}, seed {seed}",
+                    {"encoder": encoder, **settings, "seed": seed},
+                    overlay,
+                    stage1_row=f"lh-{encoder}",
+                    epoch_factor=epoch_factor,
+                    study=True,
+                )
     return rows
 
 
@@ -189,18 +246,44 @@ class Comparison:
                 "choose another --work_dir or move the old one away (nothing is overwritten)."
             )
         row = self.rows[key]
-        if row.stage1_row is not None:
+        if row.stage1_row is not None and not self.args.stage1_ckpt:
             self.result(row.stage1_row)
-        result = {"row": key, "network": row.name, "budget": self.budget_of(key)}
-        result.update(self.train(key))
+        result = {"row": key, "network": row.name, "budget": self.budget_of(key), "settings": row.settings}
+        if self.is_given_stage1(key):
+            result.update(
+                train_minutes=0.0, best_val_loss=float("nan"), best_val_dice=float("nan"), expert_usage="no MoE"
+            )
+        else:
+            result.update(self.train(key))
         result.update(self.evaluate(key))
+        if row.study:  # recipes are chosen on validation data: score it like the test split, at original resolution
+            result.update(self.evaluate(key, "validation"))
         atomic_write_json(result_path, result)
         return result
 
+    def is_given_stage1(self, key: str) -> bool:
+        """The study's stage-1 row: it evaluates ``--stage1_ckpt`` and trains nothing."""
+        return self.rows[key].study and self.rows[key].stage1_row is None
+
     def budget_of(self, key: str) -> dict[str, Any]:
-        stage2 = self.rows[key].stage1_row is not None
-        epochs = {"epochs": self.args.epochs, "stage2_epochs": self.args.stage2_epochs if stage2 else 0}
-        return {**self.budget, **epochs, "train_threads": self.args.train_threads}
+        row = self.rows[key]
+        if self.is_given_stage1(key):
+            if not self.args.stage1_ckpt:
+                raise SystemExit(f"row {key} evaluates --stage1_ckpt; pass it.")
+            return {**self.budget, "stage1_ckpt": str(Path(self.args.stage1_ckpt).resolve())}
+        if row.stage1_row is None:
+            return {
+                **self.budget,
+                "epochs": self.args.epochs,
+                "stage2_epochs": 0,
+                "train_threads": self.args.train_threads,
+            }
+        stage1 = {"stage1_ckpt": str(Path(self.args.stage1_ckpt).resolve())} if self.args.stage1_ckpt else {}
+        epochs = {"epochs": self.args.epochs, "stage2_epochs": self.stage2_epochs(key)}
+        return {**self.budget, **stage1, **epochs, "train_threads": self.args.train_threads}
+
+    def stage2_epochs(self, key: str) -> int:
+        return self.args.stage2_epochs * self.rows[key].epoch_factor
 
     def configs(self, key: str, evaluate: bool = False) -> list[Path]:
         """Config files of the row's training (stage 2: plus finetune_moe.json) or evaluation, peers' overlay last."""
@@ -209,14 +292,24 @@ class Comparison:
             configs = [CONFIGS / "train.json", CONFIGS / "evaluate.json"]
         else:
             configs = [CONFIGS / "train.json"] + ([CONFIGS / "finetune_moe.json"] if row.stage1_row else [])
-        if row.network_def is not None:
-            overlay = self.run_dir(key) / "network_def.json"
-            atomic_write_json(overlay, {"network_def": row.network_def})
+        if row.overlay:
+            overlay = self.run_dir(key) / "overlay.json"
+            atomic_write_json(overlay, row.overlay)
             configs.append(overlay)
         return configs
 
     def checkpoint(self, key: str) -> Path:
+        if self.is_given_stage1(key):
+            return Path(self.args.stage1_ckpt).resolve()
         return self.run_dir(key) / "models" / "model.pt"
+
+    def stage1_checkpoint(self, key: str) -> Path:
+        """The checkpoint a stage-2 row fine-tunes: ``--stage1_ckpt``, else its stage-1 row's."""
+        return (
+            Path(self.args.stage1_ckpt).resolve()
+            if self.args.stage1_ckpt
+            else self.checkpoint(self.rows[key].stage1_row)
+        )
 
     def train(self, key: str) -> dict[str, Any]:
         """Train the row; return train minutes (stage 2: of both stages), best validation loss/Dice and expert usage."""
@@ -230,12 +323,12 @@ class Comparison:
             "val_interval": self.args.val_interval,
         }
         if row.stage1_row is not None:
-            overrides.update(stage1_ckpt=str(self.checkpoint(row.stage1_row)), epochs=self.args.stage2_epochs)
+            overrides.update(stage1_ckpt=str(self.stage1_checkpoint(key)), epochs=self.stage2_epochs(key))
         else:
             overrides["epochs"] = self.args.epochs
         command = bundle_command(self.configs(key), overrides)
         minutes = run_logged(command, run_dir / "train.log", self.args.train_threads) / 60
-        if row.stage1_row is not None:
+        if row.stage1_row is not None and not self.args.stage1_ckpt:
             minutes += self.result(row.stage1_row)["train_minutes"]
         logs = run_dir / "train_logs"
         val_loss, val_dice = scalar_history(logs, "val_loss"), scalar_history(logs, "val_mean_dice")
@@ -246,24 +339,30 @@ class Comparison:
             "expert_usage": expert_usage_summary(logs / "moe_usage.json"),
         }
 
-    def evaluate(self, key: str) -> dict[str, Any]:
-        """Evaluate the row's best checkpoint on the test split at original resolution (configs/evaluate.json)."""
+    def evaluate(self, key: str, split: str = "test") -> dict[str, Any]:
+        """Evaluate the row's best checkpoint on ``split`` ("test" or "validation") at original resolution
+        (configs/evaluate.json); return ``{split}_<metric>_<mean|median>`` and ``{split}_images``."""
         row, run_dir = self.rows[key], self.run_dir(key)
+        run_dir.mkdir(parents=True, exist_ok=True)
         overrides = {
             **self.budget,
             **row.settings,
             "ckpt_path": str(self.checkpoint(key)),
-            "output_dir": str(run_dir / "test"),
+            "output_dir": str(run_dir / split),
         }
-        if row.network_def is not None:  # evaluate.json reads the channels from LH-UTANet checkpoints only
+        if split != "test":
+            overrides["eval_split"] = split
+        if "network_def" in row.overlay:  # evaluate.json reads network_settings from LH-UTANet checkpoints only
+            size = [self.args.image_size, self.args.image_size]
             overrides.update(in_channels=3, out_channels=1)
+            overrides["network_settings"] = {"in_channels": 3, "out_channels": 1, "image_size": size}
         configs = self.configs(key, evaluate=True)
-        run_logged(bundle_command(configs, overrides), run_dir / "evaluate.log", self.args.train_threads)
-        summary = json.loads((run_dir / "test" / "metrics_summary.json").read_text(encoding="utf-8"))
-        out: dict[str, Any] = {"test_images": summary["images"]}
+        run_logged(bundle_command(configs, overrides), run_dir / f"evaluate_{split}.log", self.args.train_threads)
+        summary = json.loads((run_dir / split / "metrics_summary.json").read_text(encoding="utf-8"))
+        out: dict[str, Any] = {f"{split}_images": summary["images"]}
         for metric in METRICS:
             for stat in ("mean", "median"):
-                out[f"test_{metric}_{stat}"] = summary["metrics"][metric][stat]
+                out[f"{split}_{metric}_{stat}"] = summary["metrics"][metric][stat]
         return out
 
     def measure(self, key: str) -> dict[str, Any]:
@@ -284,6 +383,39 @@ def format_cell(value: Any) -> str:
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.3f}"
     return str(value)
+
+
+def mean_std(values: list[float]) -> str:
+    """``mean ± std`` (sample standard deviation) with 4 decimals, or the single value."""
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:.4f}"
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return f"{mean:.4f} ± {std:.4f}"
+
+
+def study_table(results: list[dict[str, Any]], rows: dict[str, CompareRow]) -> str:
+    """Markdown table of the stage-2 recipe study: per recipe, mean ± std over its seeds of validation and test Dice
+    (original resolution), the gain over the stage-1 row, expert usage (first seed) and latency; "" without it."""
+    study = [r for r in results if rows[r["row"]].study]
+    stage1 = next((r for r in study if rows[r["row"]].stage1_row is None), None)
+    if stage1 is None:
+        return ""
+    body = [["stage 1 (the given checkpoint)", "1", f"{stage1['validation_dice_mean']:.4f}", "—"]]
+    body[0] += [f"{stage1['test_dice_mean']:.4f}", "—", "no MoE", format_cell(stage1["cpu_latency_ms"])]
+    for recipe, (label, *_rest) in STAGE2_RECIPES.items():
+        runs = [r for r in study if r["row"].split("-")[2:3] == [recipe]]
+        if not runs:
+            continue
+        val, test = [r["validation_dice_mean"] for r in runs], [r["test_dice_mean"] for r in runs]
+        gains = [v - stage1["validation_dice_mean"] for v in val]
+        test_gains = [t - stage1["test_dice_mean"] for t in test]
+        body.append(
+            [label, str(len(runs)), mean_std(val), mean_std(gains), mean_std(test), mean_std(test_gains)]
+            + [runs[0]["expert_usage"], format_cell(runs[0]["cpu_latency_ms"])]
+        )
+    head = ["recipe", "seeds", "val Dice", "val gain", "test Dice", "test gain", "expert usage (seed 0)", "CPU ms"]
+    return "## Stage-2 recipes (from the same stage-1 checkpoint)\n\n" + markdown_table(head, body)
 
 
 def ablation_table(results: list[dict[str, Any]], rows: dict[str, CompareRow]) -> str:
@@ -312,11 +444,7 @@ def write_summary(
 ) -> None:
     """Write results.csv, results.md and dice_vs_latency.png into ``args.output``."""
     output = Path(args.output)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(results)
-    atomic_write_text(output / "results.csv", buffer.getvalue())
+    atomic_write_csv(output / "results.csv", COLUMNS, results)
 
     head = [
         "network",
@@ -361,7 +489,7 @@ def write_summary(
             ),
             table,
             medians,
-            *filter(None, [ablation_table(results, rows)]),
+            *filter(None, [ablation_table(results, rows), study_table(results, rows)]),
             "![test Dice against CPU latency](dice_vs_latency.png)",
         ]
     )
@@ -370,11 +498,12 @@ def write_summary(
 
 
 def plot(results: list[dict[str, Any]], path: Path, size: str) -> None:
-    """Scatter of test Dice against CPU latency, one labelled point per network (ablation rows have their table)."""
+    """Scatter of test Dice against CPU latency, one labelled point per network (ablation and study rows have their
+    tables)."""
     figure = Figure(figsize=(7, 4.5))
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    for result in (r for r in results if not r["row"].startswith("ablation-")):
+    for result in (r for r in results if not r["row"].startswith(("ablation-", "study-"))):
         lh = result["row"].startswith("lh-")
         axes.scatter(
             result["cpu_latency_ms"], result["test_dice_mean"], marker="o" if lh else "s", color="C0" if lh else "C1"
@@ -411,6 +540,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--ablations", default="", help="comma-separated encoders to run the top_k / lambda ablations for"
     )
+    parser.add_argument(
+        "--study", default="", help="comma-separated encoders to run the stage-2 recipe study for (STAGE2_RECIPES)"
+    )
+    parser.add_argument("--study_seeds", default="0,1,2", help="comma-separated seeds of every study recipe")
+    parser.add_argument(
+        "--stage1_ckpt", help="stage-1 checkpoint that every stage-2 row fine-tunes (default: its stage-1 row's)"
+    )
     parser.add_argument("--image_size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=10, help="stage-1 epochs of every network")
     parser.add_argument("--stage2_epochs", type=int, default=5, help="stage-2 epochs of the MoE rows")
@@ -430,11 +566,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    ablations = [e for e in args.ablations.split(",") if e]
-    unknown = sorted(set(ablations) - set(LH_ENCODERS))
+    ablations, study = ([e for e in value.split(",") if e] for value in (args.ablations, args.study))
+    unknown = sorted(set(ablations + study) - set(LH_ENCODERS))
     if unknown:
-        raise SystemExit(f"--ablations: unknown encoder(s) {unknown}; choose from {list(LH_ENCODERS)}")
-    rows = build_rows(ablations)
+        raise SystemExit(f"--ablations/--study: unknown encoder(s) {unknown}; choose from {list(LH_ENCODERS)}")
+    rows = build_rows(ablations, study, [int(seed) for seed in args.study_seeds.split(",") if seed])
     keys = args.rows.split(",") if args.rows else list(rows)
     unknown = sorted(set(keys) - set(rows))
     if unknown:

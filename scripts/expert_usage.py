@@ -12,8 +12,6 @@ Usage (from the repository root):
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,10 +26,10 @@ from torch import nn
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from bundle.checkpoints import network_kwargs_from_checkpoint  # noqa: E402
+from bundle.backends import load_network  # noqa: E402
+from bundle.checkpoints import read_network_settings  # noqa: E402
 from bundle.data import SPLIT_KEYS  # noqa: E402
-from bundle.inference import load_network  # noqa: E402
-from bundle.io import atomic_write, atomic_write_text  # noqa: E402
+from bundle.io import atomic_write, atomic_write_csv  # noqa: E402
 
 CONFIG = REPO_ROOT / "configs" / "train.json"
 CSV_NAME, PNG_NAME = "expert_usage.csv", "expert_usage.png"
@@ -74,14 +72,11 @@ def usage_rows(
 
 def write_csv(path: Path, rows: list[dict[str, object]]) -> None:
     """Write the usage rows to ``path`` as CSV, atomically."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["gate", "expert", "mass_share", "selection_rate"], lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow(
-            {**row, "mass_share": f"{row['mass_share']:.6f}", "selection_rate": f"{row['selection_rate']:.6f}"}
-        )
-    atomic_write_text(path, buffer.getvalue())
+    formatted = [
+        {**row, "mass_share": f"{row['mass_share']:.6f}", "selection_rate": f"{row['selection_rate']:.6f}"}
+        for row in rows
+    ]
+    atomic_write_csv(path, ["gate", "expert", "mass_share", "selection_rate"], formatted)
 
 
 def plot(path: Path, mass: torch.Tensor, expert_names: Sequence[str], title: str) -> None:
@@ -112,9 +107,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--output_dir", default="eval/expert_usage", help="folder for the CSV and PNG")
     parser.add_argument(
-        "--image_size", type=int, nargs=2, metavar=("H", "W"), help="network input size (default: the config's)"
+        "--image_size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="network input size (default: the checkpoint's training size, else the config's)",
     )
-    parser.add_argument("--top_k", type=int, help="experts per gate (default: the config's; not stored in checkpoints)")
+    parser.add_argument("--top_k", type=int, help="experts per gate (default: the checkpoint's, else the config's)")
     parser.add_argument("--batch_size", type=int, default=8, help="images per forward pass")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     return parser.parse_args(argv)
@@ -130,20 +129,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {', '.join(existing)} already exist(s); pass --overwrite to replace", file=sys.stderr)
         return 1
     try:
-        network_kwargs = network_kwargs_from_checkpoint(args.ckpt)
-        if not network_kwargs["use_moe"]:
+        settings = read_network_settings(args.ckpt)
+        if not settings["use_moe"]:
             raise ValueError(f"{args.ckpt} is a stage-1 checkpoint and has no experts; train stage 2 first")
         if args.batch_size < 1:
             raise ValueError(f"--batch_size must be >= 1, got {args.batch_size}")
         config = ConfigParser()
         config.read_config(str(CONFIG))
         config["dataset_dir"] = str(Path(args.dataset_dir).absolute())
+        for key, value in settings.items():
+            config[key] = value
         if args.image_size:
             config["image_size"] = list(args.image_size)
         if args.top_k is not None:
             config["top_k"] = args.top_k
-        for key, value in network_kwargs.items():
-            config[key] = value
         datalist = config.get_parsed_content("datalist")
         split = args.split or ("test" if datalist["test"] else "validation")
         data = [pair for key in SPLIT_KEYS for pair in datalist[key]] if split == "all" else datalist[split]

@@ -1,18 +1,27 @@
-"""Build a model-zoo-ready zip of the bundle: ``lh_utanet/`` with configs, docs, code, license and (optionally) weights.
+"""Package the bundle: a zip for MONAI Label (``lh_utanet/`` with configs, docs, code, license and, optionally, the
+weights), or the folder of a MONAI model-zoo pull request.
 
-Before zipping it checks that ``configs/metadata.json`` ``version`` is the newest entry of its ``changelog``
-and, with ``--include-weights``, that ``models/model.pt`` fits ``network_def`` in ``configs/inference.json``
-(MONAI Label loads it non-strictly, so a mismatch would otherwise go unnoticed).
+Before packaging it checks that ``configs/metadata.json`` ``version`` is the newest entry of its ``changelog``
+and, when weights go in, that ``models/model.pt`` loads strictly into the network ``configs/inference.json``
+builds (MONAI Label loads it non-strictly, so a mismatch would otherwise go unnoticed).
+
+``--model-zoo DIR --weights-url URL`` writes ``DIR/<MODEL_ZOO_NAME>/``: the same files without any binary, and a
+``large_files.yml`` whose entries give ``path``, ``url`` (``URL/<path under models/>``: upload ``models/`` there),
+``hash_val`` and ``hash_type`` (sha256, checked against the files here), as the model zoo's CONTRIBUTING.md asks.
 
 Usage (from the repository root):
     python scripts/package_bundle.py [--output dist/lh_utanet_bundle-<version>.zip] [--include-weights] [--overwrite]
+    python scripts/package_bundle.py --model-zoo DIR --weights-url https://host/path/models
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
+import tempfile
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,12 +29,14 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from bundle.io import atomic_write  # noqa: E402
+import yaml  # noqa: E402
+from bundle.io import atomic_write, atomic_write_text  # noqa: E402
+from scripts.write_large_files import sha256_of  # noqa: E402
 
 BUNDLE_NAME = "lh_utanet"
+MODEL_ZOO_NAME = "polyp_colonoscopy_segmentation"  # the model zoo names bundles by target, data type and task
 REQUIRED = ("configs/metadata.json", "configs/inference.json", "configs/train.json", "docs/README.md", "LICENSE")
 WEIGHTS, LARGE_FILES = "models/model.pt", "large_files.yml"
-NETWORK_IDS = ("encoder", "use_moe", "in_channels", "out_channels")
 
 
 class PackagingError(Exception):
@@ -60,23 +71,19 @@ def check_metadata(metadata_path: Path) -> str:
 
 
 def check_weights_fit(root: Path) -> None:
-    """PackagingError unless ``models/model.pt`` was saved from the network that inference.json builds."""
+    """PackagingError unless ``configs/inference.json`` builds a network that ``models/model.pt`` loads into strictly."""
+    from bundle.backends import load_network
     from monai.bundle import ConfigParser
-
-    from bundle.checkpoints import network_kwargs_from_checkpoint
 
     parser = ConfigParser()
     parser.read_config(str(root / "configs" / "inference.json"))
-    expected = {key: parser.get_parsed_content(key) for key in NETWORK_IDS}
+    parser["bundle_root"] = str(root)
     try:
-        found = network_kwargs_from_checkpoint(root / WEIGHTS)
-    except ValueError as error:
-        raise PackagingError(str(error)) from error
-    if found != expected:
+        load_network(parser.get_parsed_content("network_def"), root / WEIGHTS)
+    except (ValueError, RuntimeError) as error:
         raise PackagingError(
-            f"{root / WEIGHTS} holds {found} but configs/inference.json builds {expected}; "
-            "fix inference.json or ship the matching checkpoint"
-        )
+            f"{root / WEIGHTS} does not load into configs/inference.json's network_def: {error}"
+        ) from error
 
 
 def collect_files(root: Path, include_weights: bool) -> list[str]:
@@ -126,6 +133,42 @@ def write_zip(root: Path, files: Sequence[str], output: Path) -> None:
     atomic_write(output, write)
 
 
+def model_zoo_large_files(root: Path, weights_url: str) -> str:
+    """``large_files.yml`` text for the model zoo: every entry of ``root``'s with ``url`` = ``weights_url`` + its path
+    under ``models/``; PackagingError when a listed file is missing here or no longer has its listed hash."""
+    listed = yaml.safe_load((root / LARGE_FILES).read_text(encoding="utf-8"))["large_files"]
+    entries = []
+    for entry in listed:
+        path = root / entry["path"]
+        if not path.is_file() or sha256_of(path) != entry["hash_val"]:
+            raise PackagingError(
+                f"{path} is missing or does not match its sha256 in {LARGE_FILES}; run scripts/write_large_files.py"
+            )
+        relative = Path(entry["path"]).relative_to("models").as_posix()
+        url = f"{weights_url.rstrip('/')}/{relative}"
+        entries.append(
+            {"path": entry["path"], "url": url, "hash_val": entry["hash_val"], "hash_type": entry["hash_type"]}
+        )
+    return yaml.safe_dump({"large_files": entries}, sort_keys=False)
+
+
+def write_model_zoo(root: Path, files: Sequence[str], target: Path, weights_url: str) -> None:
+    """Write the model-zoo folder ``target`` (files, no binaries, ``large_files.yml`` with URLs) through a temp
+    folder renamed into place, so that a failure leaves nothing half-written."""
+    large_files = model_zoo_large_files(root, weights_url)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        for name in files:
+            if name != LARGE_FILES:
+                (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(root / name, tmp / name)
+        atomic_write_text(tmp / LARGE_FILES, large_files)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the tool; returns the process exit code (0 on success, 1 on a failed check)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -135,15 +178,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing zip")
     parser.add_argument("--bundle-root", default=str(REPO_ROOT), help="bundle folder to package (default: this repo)")
+    parser.add_argument("--model-zoo", metavar="DIR", help=f"write the model-zoo layout DIR/{MODEL_ZOO_NAME}/ instead")
+    parser.add_argument("--weights-url", help="with --model-zoo: the URL that models/ is uploaded to")
     args = parser.parse_args(argv)
     root = Path(args.bundle_root).resolve()
     try:
         version = check_metadata(root / "configs" / "metadata.json")
+        if args.model_zoo:
+            if not args.weights_url:
+                raise PackagingError("--model-zoo needs --weights-url, the URL that models/ is uploaded to")
+            target = Path(args.model_zoo).absolute() / MODEL_ZOO_NAME
+            if target.exists():
+                raise PackagingError(f"{target} already exists; remove it or choose another --model-zoo folder")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            check_weights_fit(root)
+            files = collect_files(root, include_weights=False)
+            write_model_zoo(root, files, target, args.weights_url)
+            print(f"wrote the model-zoo layout of {MODEL_ZOO_NAME} {version} ({len(files)} files) into {target}")
+            return 0
         output = Path(args.output or root / "dist" / f"{BUNDLE_NAME}_bundle-{version}.zip").absolute()
         if output.exists() and not args.overwrite:
             raise PackagingError(f"{output} already exists; pass --overwrite to replace it")
         files = collect_files(root, args.include_weights)
-    except (PackagingError, OSError, json.JSONDecodeError) as error:
+    except (PackagingError, OSError, json.JSONDecodeError, yaml.YAMLError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     write_zip(root, files, output)

@@ -29,7 +29,9 @@ def stage_command(stage: int, overlays: Sequence[str], epochs: int | None, overr
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--overlay", action="append", default=[], help="extra config overlay after train.json, e.g. configs/demo.json")
+    parser.add_argument(
+        "--overlay", action="append", default=[], help="extra config overlay after train.json, e.g. configs/demo.json"
+    )
     parser.add_argument("--stage1-epochs", type=int, help="epochs of stage 1 (default: the config's)")
     parser.add_argument("--stage2-epochs", type=int, help="epochs of stage 2 (default: finetune_moe.json's 20)")
     parser.add_argument("--stages", default="1,2", choices=["1,2", "1", "2"], help="run both stages or only one")

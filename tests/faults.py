@@ -13,14 +13,14 @@ def _in_epoch(engine: Engine) -> int:
     return (engine.state.iteration - 1) % engine.state.epoch_length + 1
 
 
-class Interruption(Exception):
+class InterruptionError(Exception):
     """What :class:`InterruptAt` raises: an interruption the run cannot recover from by itself."""
 
 
 class InterruptAt:
     """Handler that stops the run after ``iteration`` (counted within the epoch) of ``epoch``.
 
-    ``kill``: SIGKILL to its own process, like the OOM killer or a scheduler; otherwise raise :class:`Interruption`.
+    ``kill``: SIGKILL to its own process, like the OOM killer or a scheduler; otherwise raise :class:`InterruptionError`.
     """
 
     def __init__(self, epoch: int, iteration: int, kill: bool = False) -> None:
@@ -33,7 +33,7 @@ class InterruptAt:
         if engine.state.epoch == self.epoch and _in_epoch(engine) == self.iteration:
             if self.kill:
                 os.kill(os.getpid(), signal.SIGKILL)
-            raise Interruption(f"interrupted in epoch {self.epoch}, iteration {self.iteration}")
+            raise InterruptionError(f"interrupted in epoch {self.epoch}, iteration {self.iteration}")
 
 
 class NanLossAt(torch.nn.Module):

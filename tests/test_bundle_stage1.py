@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from bundle.data import make_demo_dataset
+from bundle.networks import LightweightHierarchicalUTANet
 from monai.bundle import ConfigParser
 from PIL import Image
 
-from bundle.data import make_demo_dataset
-from bundle.networks import LightweightHierarchicalUTANet
 from tests.helpers import CONFIGS, FAST, REPO_ROOT, make_rectangles_dataset, run_bundle
 
 
@@ -24,7 +24,15 @@ def test_train_two_epochs_writes_checkpoint_and_metrics(tmp_path):
     checkpoint = tmp_path / "models" / "stage1" / "model.pt"
     assert checkpoint.is_file()
     state = torch.load(checkpoint, weights_only=True)
-    LightweightHierarchicalUTANet(encoder="mobilenetv2").load_state_dict(state)  # strict: a plain state_dict
+    LightweightHierarchicalUTANet(encoder="mobilenetv2").load_state_dict(state["model"])  # strict
+    assert state["network_settings"] == {  # what inference rebuilds the network from
+        "encoder": "mobilenetv2",
+        "use_moe": False,
+        "in_channels": 3,
+        "out_channels": 1,
+        "top_k": 2,
+        "image_size": [64, 64],
+    }
     evaluator = workflow.parser.get_parsed_content("validate#evaluator")
     assert evaluator.state.epoch == 2
     for name in ("val_mean_dice", "val_iou", "val_precision", "val_recall", "val_hd95"):
@@ -75,8 +83,13 @@ def test_evaluate_reports_per_image_metrics_at_original_size(tmp_path):
     """A network that predicts foreground everywhere has Dice 2|L| / (|L| + H·W) on each image."""
     dataset = make_rectangles_dataset(tmp_path / "data", count=4, shape=(50, 70))
     (tmp_path / "data" / "datalist.json").write_text(
-        json.dumps({"training": [], "validation": [],
-                    "test": [{"image": f"images/case_{i:02d}.png", "label": f"masks/case_{i:02d}.png"} for i in range(4)]})
+        json.dumps(
+            {
+                "training": [],
+                "validation": [],
+                "test": [{"image": f"images/case_{i:02d}.png", "label": f"masks/case_{i:02d}.png"} for i in range(4)],
+            }
+        )
     )
     network = LightweightHierarchicalUTANet(encoder="mobilenetv2")
     torch.nn.init.zeros_(network.head.weight)
@@ -108,9 +121,24 @@ def test_evaluate_reports_per_image_metrics_at_original_size(tmp_path):
 
 def test_metadata_and_network_io_verify_offline():
     for command in (
-        ["verify_metadata", "--meta_file", "configs/metadata.json", "--filepath", "docs/schema/meta_schema_20240725.json"],
-        ["verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json"],
+        [
+            "verify_metadata",
+            "--meta_file",
+            "configs/metadata.json",
+            "--filepath",
+            "docs/schema/meta_schema_20240725.json",
+        ],
+        [
+            "verify_net_in_out",
+            "network_def",
+            "--meta_file",
+            "configs/metadata.json",
+            "--config_file",
+            "configs/inference.json",
+        ],
     ):
-        result = subprocess.run([sys.executable, "-m", "monai.bundle", *command], cwd=REPO_ROOT, capture_output=True, text=True)
+        result = subprocess.run(
+            [sys.executable, "-m", "monai.bundle", *command], cwd=REPO_ROOT, capture_output=True, text=True
+        )
         assert result.returncode == 0, result.stdout + result.stderr
         assert "verified with no error" in result.stdout + result.stderr

@@ -14,7 +14,7 @@ from tests.helpers import REPO_ROOT, write_pair
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
-import compare_models
+import compare_models  # noqa: E402
 
 
 def make_half_images_dataset(folder, count: int = 48, shape: tuple[int, int] = (48, 64)):
@@ -93,3 +93,27 @@ def test_ablation_table_lists_top_k_and_lambda_of_each_stage2_row():
     assert [line.split(" | ")[1:3] for line in lines] == [["2", "0.01"], ["3", "0.01"], ["2", "0.1"]]
     assert lines[1].endswith("usage of ablation-mobilenetv2-top3 |")
     assert compare_models.ablation_table(results[:3], rows) == ""  # no ablation rows, no table
+
+
+def test_stage2_study_fine_tunes_the_given_checkpoint_and_tabulates_seeds(comparison):
+    """--study with --stage1_ckpt: the stage-1 row only evaluates that checkpoint (validation and test); each recipe
+    row fine-tunes it with its own seed; the table gives mean ± std per recipe and the gain over stage 1."""
+    root, _ = comparison
+    stage1 = root / "runs" / "lh-mobilenetv2" / "models" / "model.pt"
+    argv = ["--dataset_dir", str(root / "data"), "--work_dir", str(root / "study"), "--output", str(root / "sout")]
+    argv += ["--study", "mobilenetv2", "--study_seeds", "0,1", "--stage1_ckpt", str(stage1), "--stage2_epochs", "1"]
+    argv += ["--rows", "study-mobilenetv2-stage1,study-mobilenetv2-e-s0,study-mobilenetv2-e-s1", "--image_size", "64"]
+    argv += ["--batch_size", "2", "--num_workers", "0", "--threads", "1"]
+    assert compare_models.main(argv) == 0
+    assert not (root / "study" / "study-mobilenetv2-stage1" / "models").exists()  # evaluated, not trained
+    results = {
+        key: json.loads((root / "study" / key / "result.json").read_text())
+        for key in argv[argv.index("--rows") + 1].split(",")
+    }
+    assert all(0 <= r["validation_dice_mean"] <= 1 and 0 <= r["test_dice_mean"] <= 1 for r in results.values())
+    seeds = [results[f"study-mobilenetv2-e-s{seed}"]["settings"]["seed"] for seed in (0, 1)]
+    assert seeds == [0, 1]
+    table = (root / "sout" / "results.md").read_text().split("## Stage-2 recipes")[1].splitlines()
+    row = next(line for line in table if line.startswith("| (e)"))
+    mean = sum(results[f"study-mobilenetv2-e-s{seed}"]["validation_dice_mean"] for seed in (0, 1)) / 2
+    assert f"| 2 | {mean:.4f} ± " in row

@@ -11,15 +11,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from bundle.data import find_image_mask_pairs, load_datalist, make_demo_dataset, split_pairs
+from bundle.formats import IMAGE_SUFFIXES
 from PIL import Image
-
-from bundle.data import (
-    IMAGE_SUFFIXES,
-    find_image_mask_pairs,
-    load_datalist,
-    make_demo_dataset,
-    split_pairs,
-)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -121,9 +115,10 @@ def test_split_pairs_deterministic_with_test_names(tmp_path: Path) -> None:
     assert _names(split["test"]) == ["p00.jpg", "p01.jpg", "p02.jpg"]
     assert len(split["validation"]) == 4 and len(split["training"]) == 13
     assert split == split_pairs(list(reversed(pairs)), val_fraction=0.25, seed=3, test_names=["p00", "p01", "p02"])
-    assert split["validation"] != split_pairs(pairs, val_fraction=0.25, seed=4, test_names=["p00", "p01", "p02"])[
-        "validation"
-    ]
+    assert (
+        split["validation"]
+        != split_pairs(pairs, val_fraction=0.25, seed=4, test_names=["p00", "p01", "p02"])["validation"]
+    )
     assert split_pairs(pairs[:2], val_fraction=0.1)["validation"] != []
     assert split_pairs(pairs, val_fraction=0)["validation"] == []
     with pytest.raises(ValueError, match="nope"):

@@ -12,12 +12,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from monai.bundle import ConfigParser
-
 from bundle.checkpoints import read_state_dict
 from bundle.distributed import convert_trainable_batchnorm
 from bundle.finetune import freeze_except
 from bundle.networks import LightweightHierarchicalUTANet
+from monai.bundle import ConfigParser
+
 from tests.helpers import CONFIGS, FAST, REPO_ROOT, bundle_run_arguments, make_rectangles_dataset, run_bundle
 
 STAGE_CONFIGS = {1: ["train.json"], 2: ["train.json", "finetune_moe.json"]}

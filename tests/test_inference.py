@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from bundle.inference import postprocess_mask
+from bundle.networks import LightweightHierarchicalUTANet
+from bundle.transforms import AntialiasedResized
 from monai.bundle import ConfigParser, ckpt_export
 from monai.data import MetaTensor
 from monai.transforms import Resized
 from PIL import Image
-
-from bundle.inference import postprocess_mask
-from bundle.networks import LightweightHierarchicalUTANet
-from bundle.transforms import AntialiasedResized
 from scripts.export_onnx import main as export_onnx_main
+
 from tests.helpers import CONFIGS, messages, run_bundle
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -97,7 +97,9 @@ def test_folder_masks_report_naming_and_skipping(tmp_path, mixed):
 
     def infer(**overrides):
         settings = {**FAST, **overrides}
-        run_bundle(["inference.json"], "infer", dataset_dir=str(mixed), output_dir=str(out), ckpt_path=str(ckpt), **settings)
+        run_bundle(
+            ["inference.json"], "infer", dataset_dir=str(mixed), output_dir=str(out), ckpt_path=str(ckpt), **settings
+        )
         return {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
 
     infer(num_workers=1)
@@ -207,18 +209,29 @@ def test_torchscript_and_onnx_backends_match_torch(tmp_path, mixed):
         assert dice >= 0.999, backend
 
 
-def test_components_for_monai_label(tmp_path, mixed):
-    """preprocessing -> inferer(network) -> postprocessing on {"image": path} gives a binary pred at original size."""
+@pytest.mark.parametrize("name", ["rgb.png", "photo.jpg", "sub/deep/scan.tif", "sub/slice.nii.gz"])
+def test_components_for_monai_label(tmp_path, mixed, name):
+    """preprocessing -> inferer(network) -> postprocessing on {"image": path}, as MONAI Label's BundleInferTask runs
+    them: the pred is a uint8 mask in the image's own layout (spatial_shape), which MONAI Label's Restored leaves
+    as it is and its writer turns into the image's H×W (it transposes 2D arrays)."""
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "inference.json"))
     parser.update({**FAST, "ckpt_path": str(save_checkpoint(tmp_path / "fg.pt", all_foreground=True))})
     assert parser.get_parsed_content("device") is not None
-    network = parser.get_parsed_content("predictor")  # the torch backend: network with the checkpoint loaded
-    data = parser.get_parsed_content("preprocessing")({"image": str(mixed / "rgb.png")})
+    network = parser.get_parsed_content("network_def")
+    network.load_state_dict(torch.load(tmp_path / "fg.pt"))
+    data = parser.get_parsed_content("preprocessing")({"image": str(mixed / name)})
     with torch.inference_mode():
-        data["pred"] = parser.get_parsed_content("inferer")(data["image"][None], network)[0]
-    pred = parser.get_parsed_content("postprocessing")(data)["pred"]
-    assert pred.shape == (1, 40, 64) and set(pred.unique().tolist()) == {1.0}
+        data["pred"] = parser.get_parsed_content("inferer")(data["image"][None], network.eval())[0]
+    result = parser.get_parsed_content("postprocessing")(data)
+    pred, spatial_shape = result["pred"], [int(s) for s in result["image"].meta["spatial_shape"]]
+    height, width = GOOD[name][1]
+    assert pred.dtype == torch.uint8 and set(pred.unique().tolist()) == {1}
+    assert list(pred.shape[1:]) == spatial_shape[-(pred.ndim - 1) :]  # Restored: no resize, no channel to drop
+    if name.endswith(".nii.gz"):
+        assert list(pred.shape) == spatial_shape == [height, width]
+    else:
+        assert tuple(pred.shape) == (width, height) and tuple(pred.numpy().T.shape) == (height, width)
 
 
 @pytest.mark.parametrize("shape", [(3, 531, 622), (1, 1072, 1920), (3, 100, 70)])

@@ -5,7 +5,6 @@ import itertools
 import numpy as np
 import pytest
 import torch
-
 from bundle.networks import (
     EXPERT_NAMES,
     LightweightHierarchicalUTANet,
@@ -107,9 +106,11 @@ def test_sparse_routing_skips_unselected_experts_and_equals_dense():
     for gate in model.moe.gates:  # route every sample to experts 0 and 1
         torch.nn.init.zeros_(gate.logits.weight)
         gate.logits.bias.data = torch.tensor([2.0, 1.0, 0.0, -1.0])
-    calls = {index: 0 for index in range(len(EXPERT_NAMES))}
+    calls = dict.fromkeys(range(len(EXPERT_NAMES)), 0)
     hooks = [
-        expert.register_forward_hook(lambda _m, args, _o, index=index: calls.__setitem__(index, calls[index] + len(args[0])))
+        expert.register_forward_hook(
+            lambda _m, args, _o, index=index: calls.__setitem__(index, calls[index] + len(args[0]))
+        )
         for index, expert in enumerate(model.moe.experts)
     ]
     x = torch.randn(3, 3, 64, 64)
@@ -143,7 +144,8 @@ def test_stage1_state_dict_loads_into_stage2(encoder):
     assert result.unexpected_keys == []
     assert result.missing_keys and all(key.startswith("moe.") for key in result.missing_keys)
     assert {key.split(".")[1] for key in result.missing_keys} == {"fuse", "experts", "gates", "dockers"}
-    stage2.eval(), stage1.eval()
+    stage2.eval()
+    stage1.eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():  # zero-initialised dockers: stage 2 starts exactly at stage 1's output
         torch.testing.assert_close(stage2(x), stage1(x))
@@ -165,9 +167,8 @@ def test_seed_factory_call_style():
 @pytest.mark.parametrize("encoder", ENCODER_NAMES)
 def test_torchscript_and_onnx_match_eager(encoder, tmp_path):
     import onnxruntime  # a pinned requirement: this test must not be skipped
+    from bundle.backends import export_onnx
     from monai.networks.utils import convert_to_torchscript
-
-    from bundle.inference import export_onnx
 
     torch.manual_seed(0)
     model = LightweightHierarchicalUTANet(encoder=encoder, use_moe=True).eval()
@@ -191,14 +192,29 @@ def test_torchscript_and_onnx_match_eager(encoder, tmp_path):
 # Names and parameter counts published for torchvision's resnet34 and mobilenet_v2 (without the
 # classifier, and for MobileNetV2 without the final 1280-channel conv that the encoder leaves out).
 TORCHVISION_KEYS = {
-    "resnet34": ["conv1.weight", "bn1.running_var", "layer1.2.conv2.weight", "layer2.0.downsample.0.weight",
-                 "layer2.0.downsample.1.bias", "layer3.5.bn2.weight", "layer4.2.bn2.num_batches_tracked"],
-    "mobilenetv2": ["features.0.0.weight", "features.0.1.running_mean", "features.1.conv.0.0.weight",
-                    "features.1.conv.1.weight", "features.2.conv.1.0.weight", "features.17.conv.3.bias"],
+    "resnet34": [
+        "conv1.weight",
+        "bn1.running_var",
+        "layer1.2.conv2.weight",
+        "layer2.0.downsample.0.weight",
+        "layer2.0.downsample.1.bias",
+        "layer3.5.bn2.weight",
+        "layer4.2.bn2.num_batches_tracked",
+    ],
+    "mobilenetv2": [
+        "features.0.0.weight",
+        "features.0.1.running_mean",
+        "features.1.conv.0.0.weight",
+        "features.1.conv.1.weight",
+        "features.2.conv.1.0.weight",
+        "features.17.conv.3.bias",
+    ],
 }
 TORCHVISION_PARAMS = {"resnet34": 21_797_672 - 513_000, "mobilenetv2": 3_504_872 - 1_281_000 - 412_160}
-TORCHVISION_UNUSED = {"resnet34": {"fc.weight": (1000, 512), "fc.bias": (1000,)},
-                      "mobilenetv2": {"features.18.0.weight": (1280, 320, 1, 1), "classifier.1.weight": (1000, 1280)}}
+TORCHVISION_UNUSED = {
+    "resnet34": {"fc.weight": (1000, 512), "fc.bias": (1000,)},
+    "mobilenetv2": {"features.18.0.weight": (1280, 320, 1, 1), "classifier.1.weight": (1000, 1280)},
+}
 
 
 @pytest.mark.parametrize("encoder", ENCODER_NAMES)

@@ -5,20 +5,26 @@ import shutil
 import zipfile
 from pathlib import Path
 
+import pytest
 import torch
-from monai.bundle import ConfigParser
-from monai.inferers import Inferer
-from monai.transforms import Compose
-from PIL import Image
-
 from bundle.data import make_demo_dataset
 from bundle.networks import LightweightHierarchicalUTANet
+from monai.bundle import ConfigParser
+from monai.networks.nets import BasicUNet
 from scripts.package_bundle import main as package
-from tests.helpers import CONFIGS, FAST, REPO_ROOT, make_rectangles_dataset, run_bundle
+
+from tests.helpers import CONFIGS, FAST, REPO_ROOT, run_bundle
 
 
-def test_monailabel_style_training_run(tmp_path, capsys):
-    """Train as BundleTrainTask does: explicit datalists, max_epochs, device and a pretrained CheckpointLoader."""
+@pytest.mark.parametrize("server", [False, True], ids=["bundle-run", "under-a-monailabel-server"])
+def test_monailabel_style_training_run(tmp_path, capsys, monkeypatch, server):
+    """Train as BundleTrainTask does: explicit datalists, max_epochs, device and a pretrained CheckpointLoader.
+
+    Under a MONAI Label server (MONAI_LABEL_APP_DIR set) the network follows the served model (a ResNet34 here,
+    while the configs ask for MobileNetV2) and stage 1 saves to models/monailabel/<time>/, never over models/.
+    """
+    if server:
+        monkeypatch.setenv("MONAI_LABEL_APP_DIR", str(tmp_path / "app"))
     dataset = Path(make_demo_dataset(tmp_path / "d", num_images=8, size=64))
     images = sorted((dataset / "images").glob("*.png"))
     pairs = [{"image": str(p), "label": str(dataset / "masks" / p.name)} for p in images]
@@ -30,7 +36,9 @@ def test_monailabel_style_training_run(tmp_path, capsys):
     assert isinstance(handlers, list)
     shipped = tmp_path / "models" / "model.pt"
     shipped.parent.mkdir()
-    torch.save(LightweightHierarchicalUTANet(encoder="mobilenetv2", use_moe=True).state_dict(), shipped)
+    encoder = "resnet34" if server else "mobilenetv2"
+    torch.save(LightweightHierarchicalUTANet(encoder=encoder, use_moe=True).state_dict(), shipped)
+    before = shipped.read_bytes()
     loader = {
         "_target_": "CheckpointLoader",
         "load_path": str(shipped),
@@ -46,33 +54,14 @@ def test_monailabel_style_training_run(tmp_path, capsys):
         "train#handlers": [loader, *handlers],
     }
     workflow = run_bundle(["train.json"], **overrides, **FAST)
-    assert (tmp_path / "models" / "stage1" / "model.pt").is_file()
+    saved = sorted((tmp_path / "models").glob("monailabel/*/model.pt" if server else "stage1/model.pt"))
+    assert len(saved) == 1 and not (server and (tmp_path / "models" / "stage1").exists())
+    assert torch.load(saved[0])["network_settings"]["encoder"] == encoder
+    assert shipped.read_bytes() == before
     assert not (tmp_path / "data").exists()  # the bundle's own datalist (dataset_dir) was never needed
     assert workflow.parser.get_parsed_content("train#trainer").state.epoch == 1
     assert f"Restored all variables from {shipped}" in "".join(capsys.readouterr())  # non-strict warm start
     assert isinstance(workflow.parser.get_parsed_content("train#handlers"), list)
-
-
-def test_monailabel_inference_ids_resolve_from_inference_json(tmp_path):
-    """BundleInferTask's ids parse from inference.json alone and segment a non-square image at its own size."""
-    parser = ConfigParser()
-    parser.read_config(str(CONFIGS / "inference.json"))
-    parser.config.update({"bundle_root": str(tmp_path), "device": "cpu", "image_size": [64, 64]})
-    network = parser.get_parsed_content("network_def")
-    preprocessing = parser.get_parsed_content("preprocessing")
-    postprocessing = parser.get_parsed_content("postprocessing")
-    inferer = parser.get_parsed_content("inferer")
-    assert isinstance(network, torch.nn.Module) and isinstance(inferer, Inferer)
-    assert isinstance(preprocessing, Compose) and isinstance(postprocessing, Compose)
-    assert torch.device(parser.get_parsed_content("device")) == torch.device("cpu")
-
-    image = make_rectangles_dataset(tmp_path / "data", count=1, shape=(50, 70)) / "images" / "case_00.png"
-    data = preprocessing({"image": str(image)})
-    with torch.no_grad():  # as BasicInferTask.run_inferer: add a batch axis, keep item 0
-        data["pred"] = inferer(data["image"][None], network.eval())[0]
-    mask = postprocessing(data)["pred"]
-    assert tuple(mask.shape) == (1, *Image.open(image).size[::-1])
-    assert set(mask.unique().tolist()) <= {0.0, 1.0}
 
 
 def _bundle_copy(tmp_path: Path) -> Path:
@@ -103,14 +92,13 @@ def test_package_bundle_zip_refusals_and_metadata_check(tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
     assert output.read_bytes() == before
 
-    # weights go in only when they fit inference.json's network_def
+    # weights go in only when inference.json builds a network they load into (it reads the network from them)
     weights = root / "models" / "model.pt"
     weights.parent.mkdir()
-    torch.save(LightweightHierarchicalUTANet(encoder="mobilenetv2", use_moe=False).state_dict(), weights)  # stage 1
+    torch.save(BasicUNet(spatial_dims=2, in_channels=3, out_channels=1).state_dict(), weights)  # not an LH-UTANet
     assert package(["--bundle-root", str(root), "--output", str(output), "--include-weights", "--overwrite"]) == 1
     assert "inference.json" in capsys.readouterr().err
-    inference = json.loads((root / "configs" / "inference.json").read_text())
-    (root / "configs" / "inference.json").write_text(json.dumps({**inference, "use_moe": False}))
+    torch.save(LightweightHierarchicalUTANet(encoder="mobilenetv2", use_moe=False).state_dict(), weights)  # stage 1
     assert package(["--bundle-root", str(root), "--output", str(output), "--include-weights", "--overwrite"]) == 0
     with zipfile.ZipFile(output) as archive:
         assert "lh_utanet/models/model.pt" in archive.namelist()
@@ -125,3 +113,28 @@ def test_package_bundle_zip_refusals_and_metadata_check(tmp_path, capsys):
     assert package(["--bundle-root", str(root)]) == 1
     assert "older than changelog entry 1.0.0" in capsys.readouterr().err
     assert not (root / "dist").exists()
+
+
+def test_model_zoo_layout_downloads_its_weights_through_file_urls(tmp_path):
+    """``--model-zoo``: no binaries, large_files.yml with url/hash per file; MONAI's download_large_files fetches them."""
+    import yaml
+    from monai.bundle import download_large_files
+    from scripts.package_bundle import MODEL_ZOO_NAME
+    from scripts.write_large_files import SHIPPED, sha256_of
+
+    zoo = tmp_path / "models"
+    weights_url = (REPO_ROOT / "models").as_uri()  # file:///.../models, as if models/ were uploaded there
+    assert package(["--model-zoo", str(zoo), "--weights-url", weights_url]) == 0
+    bundle = zoo / MODEL_ZOO_NAME
+    files = [p for p in bundle.rglob("*") if p.is_file()]
+    assert not [p for p in files if p.suffix in (".pt", ".ts", ".onnx", ".zip")]
+    assert (bundle / "configs" / "inference.json").is_file() and (bundle / "LICENSE").is_file()
+    entries = yaml.safe_load((bundle / "large_files.yml").read_text())["large_files"]
+    assert sorted(entry["path"] for entry in entries) == sorted(SHIPPED)
+    for entry in entries:
+        assert entry["url"] == f"{weights_url}/{entry['path'].removeprefix('models/')}"
+        assert entry["hash_type"] == "sha256" and entry["hash_val"] == sha256_of(REPO_ROOT / entry["path"])
+    download_large_files(bundle_path=str(bundle))  # (MONAI 1.6.1 fails when large_file_name is given)
+    for entry in entries:  # download_url checked each hash; the files are the shipped ones
+        assert sha256_of(bundle / entry["path"]) == entry["hash_val"]
+    assert package(["--model-zoo", str(zoo), "--weights-url", weights_url]) == 1  # never over an existing folder

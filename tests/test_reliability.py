@@ -12,14 +12,14 @@ import sys
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Engine
-from PIL import Image
-
+from bundle.backends import load_predictor
 from bundle.checkpoints import load_checkpoint, read_state_dict
 from bundle.handlers import AtomicCheckpointSaver, ResumeCheckpoint
-from bundle.inference import load_predictor
 from bundle.networks import LightweightHierarchicalUTANet
+from ignite.engine import Engine
+from PIL import Image
 from scripts.check_data import main as check_data_main
+
 from tests.helpers import (
     FAST,
     REPO_ROOT,
@@ -87,7 +87,7 @@ def outcome(workflow, save_dir):
     network = workflow.parser.get_parsed_content("network")
     return {
         "weights": {k: v.detach().clone() for k, v in network.state_dict().items()},
-        "best": torch.load(save_dir / "model.pt", weights_only=True),
+        "best": read_state_dict(save_dir / "model.pt"),
         "metrics": dict(evaluator.state.metrics),
         "best_metric": (evaluator.state.best_metric, evaluator.state.best_metric_epoch),
     }
@@ -203,7 +203,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoints(datas
     save_dir = tmp_path / "models" / "stage1"
     state = load_checkpoint(save_dir / "resume.pt")
     assert state["trainer"]["iteration"] == 2
-    best = load_checkpoint(save_dir / "model.pt")
+    best = read_state_dict(save_dir / "model.pt")
     for key, value in best.items():  # the best model is epoch 1's, finite, and the same as in resume.pt
         assert torch.isfinite(value.float()).all() and torch.equal(value, state["model"][key]), key
 

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from monai.bundle import ConfigParser
-from PIL import Image
-
 from bundle.checkpoints import read_state_dict
 from bundle.data import make_demo_dataset
 from bundle.finetune import freeze_except
+from monai.bundle import ConfigParser
+from PIL import Image
 from scripts.write_large_files import SHIPPED, SIZE_CAP_MB, sha256_of
+
 from tests.helpers import CONFIGS, REPO_ROOT, run_bundle
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -31,7 +31,7 @@ def inference_network(**overrides) -> torch.nn.Module:
 def test_shipped_weights_load_strictly_and_stage2_kept_the_frozen_base():
     final = inference_network()
     final.load_state_dict(read_state_dict(MODELS / "model.pt"), strict=True)
-    stage1 = inference_network(use_moe=False)
+    stage1 = inference_network(ckpt_path=str(MODELS / "stage1" / "model.pt"))  # the network it needs, from itself
     stage1.load_state_dict(read_state_dict(MODELS / "stage1" / "model.pt"), strict=True)
     stage1_parameters = dict(stage1.named_parameters())
     frozen = {name: p for name, p in freeze_except(final).named_parameters() if not p.requires_grad}

@@ -7,13 +7,13 @@ import sys
 
 import pytest
 import torch
-from monai.engines import SupervisedTrainer
-
-from bundle.checkpoints import load_stage1_weights, network_kwargs_from_checkpoint
+from bundle.checkpoints import load_stage1_weights, read_network_settings
 from bundle.data import make_demo_dataset
 from bundle.finetune import freeze_except
 from bundle.handlers import MoEBalanceLossHandler
 from bundle.networks import LightweightHierarchicalUTANet
+from monai.engines import SupervisedTrainer
+
 from tests.helpers import FAST, REPO_ROOT, run_bundle
 
 
@@ -42,7 +42,7 @@ def test_one_stage2_epoch_changes_only_the_moe(tmp_path):
     optimised = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert optimised == {id(p) for n, p in network.named_parameters() if n.startswith("moe.")}
     final = tmp_path / "models" / "model.pt"
-    assert network_kwargs_from_checkpoint(final)["use_moe"] is True
+    assert read_network_settings(final)["use_moe"] is True
     usage = json.loads((tmp_path / "eval" / "moe_usage.json").read_text())
     assert usage["epochs"][0]["usage"].keys() == {"gate0", "gate1", "gate2", "gate3"}
 
@@ -132,11 +132,24 @@ def test_freezing_keeps_batchnorm_in_eval_mode():
 
 def test_two_stage_pipeline_ends_with_moe_model(tmp_path):
     dataset = make_demo_dataset(tmp_path / "demo", num_images=10, size=64)
-    overrides = [f"--bundle_root={tmp_path}", f"--dataset_dir={dataset}", "--image_size=[64,64]", "--batch_size=4",
-                 "--num_workers=0", "--encoder=mobilenetv2"]
+    overrides = [
+        f"--bundle_root={tmp_path}",
+        f"--dataset_dir={dataset}",
+        "--image_size=[64,64]",
+        "--batch_size=4",
+        "--num_workers=0",
+        "--encoder=mobilenetv2",
+    ]
     command = [sys.executable, "scripts/train_two_stage.py", "--stage1-epochs", "1", "--stage2-epochs", "1", *overrides]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (tmp_path / "models" / "stage1" / "model.pt").is_file()
-    kwargs = network_kwargs_from_checkpoint(tmp_path / "models" / "model.pt")
-    assert kwargs == {"encoder": "mobilenetv2", "use_moe": True, "in_channels": 3, "out_channels": 1}
+    settings = read_network_settings(tmp_path / "models" / "model.pt")
+    assert settings == {
+        "encoder": "mobilenetv2",
+        "use_moe": True,
+        "in_channels": 3,
+        "out_channels": 1,
+        "top_k": 2,
+        "image_size": [64, 64],
+    }

@@ -8,10 +8,9 @@ from typing import Any
 
 import ignite.distributed as idist
 import torch
+from bundle.io import atomic_write
 from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointSaver
-
-from bundle.io import atomic_write
 
 
 class _AtomicDiskSaver(DiskSaver):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 from pathlib import Path
@@ -11,6 +9,8 @@ from pathlib import Path
 import ignite.distributed as idist
 import numpy as np
 import torch
+from bundle.config import flag
+from bundle.io import atomic_write_csv, atomic_write_json
 from ignite.engine import Engine, Events
 from monai.metrics import (
     compute_confusion_matrix_metric,
@@ -20,9 +20,6 @@ from monai.metrics import (
     get_confusion_matrix,
 )
 from monai.utils import ImageMetaKey
-
-from bundle.config import flag
-from bundle.io import atomic_write_json, atomic_write_text
 
 METRIC_NAMES: tuple[str, ...] = ("dice", "iou", "precision", "recall", "hd95")
 
@@ -81,7 +78,9 @@ class SegmentationMetricsWriter:
     def start(self, engine: Engine) -> None:
         existing = [str(p) for p in (self.csv_path, self.summary_path) if p.exists()]
         if existing and not self.overwrite:
-            raise FileExistsError(f"{', '.join(existing)} already exist; set overwrite=True or choose another output_dir.")
+            raise FileExistsError(
+                f"{', '.join(existing)} already exist; set overwrite=True or choose another output_dir."
+            )
         self.rows = []
 
     def collect(self, engine: Engine) -> None:
@@ -96,7 +95,12 @@ class SegmentationMetricsWriter:
             values = np.array([row[metric] for row in self.rows], dtype=float)
             values = values[np.isfinite(values)]
             stats = (np.mean(values), np.median(values), np.std(values)) if len(values) else (math.nan,) * 3
-            result[metric] = {"mean": float(stats[0]), "median": float(stats[1]), "std": float(stats[2]), "count": len(values)}
+            result[metric] = {
+                "mean": float(stats[0]),
+                "median": float(stats[1]),
+                "std": float(stats[2]),
+                "count": len(values),
+            }
         return result
 
     def write(self, engine: Engine) -> None:
@@ -104,10 +108,6 @@ class SegmentationMetricsWriter:
         self.rows = sorted((row for rank_rows in gathered for row in rank_rows), key=lambda row: row["image"])
         if idist.get_rank() != 0:
             return
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=["image", *METRIC_NAMES])
-        writer.writeheader()
-        writer.writerows(self.rows)
-        atomic_write_text(self.csv_path, buffer.getvalue())
+        atomic_write_csv(self.csv_path, ["image", *METRIC_NAMES], self.rows)
         atomic_write_json(self.summary_path, {"images": len(self.rows), "metrics": self.summary()})
         engine.logger.info("per-image metrics: %s; summary: %s", self.csv_path, self.summary_path)

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import ignite.distributed as idist
 import torch
+from bundle.io import atomic_write_json
 from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys
-
-from bundle.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +51,9 @@ class MoEBalanceLossHandler:
         collapse_threshold: share of a gate's mass above which one expert counts as collapsed.
     """
 
-    def __init__(self, loss_weight: float = 0.01, output_dir: str | os.PathLike | None = None, collapse_threshold: float = 0.8) -> None:
+    def __init__(
+        self, loss_weight: float = 0.01, output_dir: str | os.PathLike | None = None, collapse_threshold: float = 0.8
+    ) -> None:
         if loss_weight < 0:
             raise ValueError(f"moe_loss_weight must be >= 0, got {loss_weight}.")
         self.loss_weight = loss_weight
@@ -109,9 +110,16 @@ class MoEBalanceLossHandler:
             if is_rank0 and gate_shares[top] > self.collapse_threshold:
                 logger.warning(
                     "MoE gate %d collapsed in epoch %d: expert '%s' takes %.0f%% of its mass (> %.0f%%). Try %s",
-                    gate, engine.state.epoch, experts[top], 100 * gate_shares[top], 100 * self.collapse_threshold, COLLAPSE_REMEDIES,
+                    gate,
+                    engine.state.epoch,
+                    experts[top],
+                    100 * gate_shares[top],
+                    100 * self.collapse_threshold,
+                    COLLAPSE_REMEDIES,
                 )
         history = getattr(engine.state, HISTORY_KEY)
         history.append(record)
         if is_rank0 and self.summary_path is not None:
-            atomic_write_json(self.summary_path, {"moe_loss_weight": self.loss_weight, "experts": experts, "epochs": history})
+            atomic_write_json(
+                self.summary_path, {"moe_loss_weight": self.loss_weight, "experts": experts, "epochs": history}
+            )

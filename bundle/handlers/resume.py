@@ -12,14 +12,13 @@ from typing import Any, Protocol
 import ignite.distributed as idist
 import numpy as np
 import torch
-from ignite.engine import Engine, Events
-from ignite.handlers import Checkpoint
-from monai.transforms import Randomizable, Transform
-
 from bundle.checkpoints import load_checkpoint
 from bundle.config import flag
 from bundle.handlers.moe_loss import unwrap
 from bundle.io import atomic_write
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint
+from monai.transforms import Randomizable, Transform
 
 logger = logging.getLogger(__name__)
 
@@ -29,9 +28,11 @@ TRAINER_KEY, GRAD_SCALER_KEY = "trainer", "grad_scaler"
 class Stateful(Protocol):
     """What ``ResumeCheckpoint`` saves and loads: a module, optimizer, scheduler or any object with these two."""
 
-    def state_dict(self) -> Mapping[str, Any]: ...
+    def state_dict(self) -> Mapping[str, Any]:
+        """The object's state."""
 
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None: ...
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore the object from ``state_dict``."""
 
 
 def check_resume(path: str | os.PathLike, resume: bool | str) -> bool:
@@ -204,7 +205,8 @@ class ResumeCheckpoint:
         max_epochs, saved_epochs = engine.state.max_epochs, checkpoint[TRAINER_KEY].get("max_epochs")
         if saved_epochs != max_epochs:
             raise ValueError(
-                f"{self.path} is from a run of {saved_epochs} epochs, this one has {max_epochs}: resume with --epochs {saved_epochs}."
+                f"{self.path} is from a run of {saved_epochs} epochs, this one has {max_epochs}: "
+                f"resume with --epochs {saved_epochs}."
             )
         try:
             Checkpoint.load_objects(to_load=objects, checkpoint=checkpoint, strict=True)

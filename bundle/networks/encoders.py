@@ -170,7 +170,13 @@ def load_encoder_weights(encoder: nn.Module, path: str | os.PathLike) -> None:
     stem_key = next(iter(own))  # the stem conv kernel comes first in both encoders
     if state[stem_key].ndim == 4 and state[stem_key].shape[1] != own[stem_key].shape[1]:
         state[stem_key] = _adapt_input_channels(state[stem_key], own[stem_key].shape[1])
-    mismatched = [f"{k}: file {tuple(state[k].shape)} vs encoder {tuple(v.shape)}" for k, v in own.items() if state[k].shape != v.shape]
+    mismatched = [
+        f"{k}: file {tuple(state[k].shape)} vs encoder {tuple(v.shape)}"
+        for k, v in own.items()
+        if state[k].shape != v.shape
+    ]
     if mismatched:
-        raise ValueError(f"{path} has tensors of the wrong shape for {type(encoder).__name__}: {_describe(mismatched)}.")
+        raise ValueError(
+            f"{path} has tensors of the wrong shape for {type(encoder).__name__}: {_describe(mismatched)}."
+        )
     encoder.load_state_dict(state, strict=True)

@@ -140,11 +140,7 @@ class LightweightHierarchicalUTANet(nn.Module):
 
 
 def lightweight_hierarchical_utanet(
-    input_channel: int = 3,
-    num_classes: int = 1,
-    pretrained: bool = True,
-    use_mobilenet: bool = False,
-    **kwargs,
+    input_channel: int = 3, num_classes: int = 1, pretrained: bool = True, use_mobilenet: bool = False, **kwargs
 ) -> LightweightHierarchicalUTANet:
     """The seed's factory: ``output, moe_loss = lightweight_hierarchical_utanet(...)(x)``.
 

@@ -1,0 +1,119 @@
+"""Inference backends: the trained network as a module (B, C, H, W) -> logits (B, out_channels, H, W), from a torch
+checkpoint, TorchScript or ONNX Runtime, and the ONNX export."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from monai.data import MetaTensor
+from torch import nn
+
+from .checkpoints import SHAPE_SETTINGS, read_network_settings, read_state_dict
+from .io import atomic_write
+
+BACKENDS: tuple[str, ...] = ("torch", "torchscript", "onnx")
+
+
+def load_network(network: nn.Module, ckpt_path: str | os.PathLike) -> nn.Module:
+    """Load the weights at ``ckpt_path`` strictly into ``network``; return it in eval mode.
+
+    On a mismatch the ValueError names the network settings the checkpoint needs.
+    """
+    state = read_state_dict(ckpt_path)
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        settings = read_network_settings(ckpt_path)
+        needed = " ".join(f"--{key} {settings[key]}" for key in SHAPE_SETTINGS)
+        raise ValueError(f"{ckpt_path} does not fit network_def; it needs: {needed}.\n{error}") from error
+    return network.eval()
+
+
+class Predictor(nn.Module):
+    """A backend as the module MONAI's engines call: (B, C, H, W) image batch -> logits MetaTensor (B, K, H, W).
+
+    The model sees a plain tensor (MetaTensor tracking costs time on every operation, and TorchScript and ONNX
+    Runtime take none); the logits come back as a MetaTensor, so that ``Invertd`` can undo the preprocessing.
+    """
+
+    def __init__(self, model: nn.Module | None = None) -> None:
+        super().__init__()
+        self.model = model
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+    def forward(self, images: torch.Tensor) -> MetaTensor:
+        plain = images.as_tensor() if isinstance(images, MetaTensor) else images
+        return MetaTensor(self.predict(plain))
+
+
+class OnnxPredictor(Predictor):
+    """ONNX Runtime on the CPU (all graph optimisations); logits come back on the input's device."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        super().__init__()
+        import onnxruntime
+
+        self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        logits = self.session.run(None, {self.input_name: images.detach().cpu().numpy()})[0]
+        return torch.from_numpy(logits).to(images.device)
+
+
+def load_predictor(
+    backend: str,
+    device: torch.device | str,
+    network: nn.Module,
+    ckpt_path: str | os.PathLike,
+    ts_path: str | os.PathLike,
+    onnx_path: str | os.PathLike,
+) -> Predictor:
+    """The model as a :class:`Predictor`.
+
+    ``backend``: "torch" (``network`` with ``ckpt_path`` loaded strictly), "torchscript" (``ts_path``) or "onnx"
+    (``onnx_path``, ONNX Runtime on the CPU).
+    """
+    if backend == "torch":
+        return Predictor(load_network(network, ckpt_path).to(device))
+    paths = {"torchscript": ts_path, "onnx": onnx_path}
+    if backend not in paths:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}.")
+    if not Path(paths[backend]).is_file():
+        raise FileNotFoundError(f"{backend} model not found: {paths[backend]}")
+    try:
+        if backend == "torchscript":
+            return Predictor(torch.jit.load(str(ts_path), map_location=device).eval())
+        return OnnxPredictor(onnx_path)
+    except Exception as error:  # torch and onnxruntime raise their own error types for broken files
+        message = f"{backend} model {paths[backend]} is truncated or corrupt and cannot be read: {error}"
+        raise ValueError(message) from error
+
+
+def export_onnx(network: nn.Module, path: str | os.PathLike, image_size: Sequence[int], in_channels: int = 3) -> None:
+    """Export ``network`` to ONNX (opset 17, TorchScript exporter) at ``path``, atomically.
+
+    Input ``image`` (B, in_channels, H, W), output ``pred`` logits (B, 1, H, W); batch, height and
+    width are dynamic axes (H and W multiples of 32). Traced at ``image_size`` (H, W).
+    """
+    network.eval()
+    example = torch.zeros(1, in_channels, *image_size, device=next(network.parameters()).device)
+    axes = {0: "batch", 2: "height", 3: "width"}
+    atomic_write(
+        path,
+        lambda tmp: torch.onnx.export(
+            network,
+            (example,),
+            str(tmp),
+            dynamo=False,
+            opset_version=17,
+            input_names=["image"],
+            output_names=["pred"],
+            dynamic_axes={"image": axes, "pred": axes},
+        ),
+    )

@@ -1,0 +1,399 @@
+"""Check the bundle inside a real MONAI Label 0.8.5 server (the ``monaibundle`` sample app), offline, in one command.
+
+1. A side virtual environment (``--venv``, built once, reused while its specification is unchanged): torch 2.13.0
+   first, this bundle's requirements.txt, ``monailabel==0.8.5 --no-deps``, then its declared dependencies
+   except torchvision and sam2, with pydicom 2.4.4, dicomweb-client 0.59.1, pynetdicom<3,
+   and the bundle's pins as constraints (pydicom-seg and numpymaxflow, which declare numpy<2, go in without
+   dependencies; this check never calls them).
+2. A torchvision stand-in, in this check only: the registry's torchvision is a CUDA build that fails to import
+   under the CPU torch, and MONAI Label imports ``torchvision.utils`` (``make_grid``, ``save_image``) at start-up
+   for code this bundle never calls. The stand-in's functions raise if anything calls them.
+3. ``monailabel apps --download --name monaibundle`` (offline: the app ships with the package), and the bundle
+   zip of ``scripts/package_bundle.py --include-weights`` unpacked into ``app/model/lh_utanet``.
+4. A studies folder of non-square images (JPG, PNG, TIFF) with labels in ``labels/final``: synthetic polyps, or
+   the first images of ``--images DIR`` (``images/`` + ``masks/``, e.g. Kvasir-SEG).
+5. ``configs/inference.json`` run directly on the studies (the reference masks).
+6. ``monailabel start_server`` on 127.0.0.1; ``GET /info/``; ``POST /infer/lh_utanet`` for one image per format
+   with the default writer: the mask must be 2D uint8 at the image's H×W and its Dice against the label within
+   ``--dice_tolerance`` of the direct run's; ``POST /train/lh_utanet`` for 1 epoch from the shipped weights: it
+   must finish, write a new checkpoint under ``models/monailabel/`` and leave the shipped weights (sha256) as they
+   were, in the app and in this repository. The server is stopped by its process group id, whatever happens.
+
+Usage (from the repository root; about 4 minutes to build the environment the first time, then about 2):
+    python scripts/check_monailabel.py [--images ../shared/data/kvasir-seg] [--venv .venv-monailabel] [--keep]
+
+Exit code 0 when every check passes, 1 otherwise; each check prints one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from bundle.data import make_demo_dataset  # noqa: E402
+from scripts.write_large_files import SHIPPED, sha256_of  # noqa: E402
+
+MONAI_LABEL = "monailabel==0.8.5"
+# monailabel 0.8.5's declared dependencies (its wheel's METADATA) minus torchvision and sam2, with the pins it needs
+# here; installed under requirements.txt as constraints, so that torch, monai and numpy stay the bundle's
+MONAI_LABEL_DEPENDENCIES = (
+    "monai[fire,gdown,ignite,itk,lmdb,mlflow,nibabel,openslide,pillow,psutil,skimage,tensorboard,tqdm]",
+    "uvicorn>=0.29.0",
+    "pydantic>=2.7.0",
+    "pydantic-settings>=2.2.1",
+    "python-dotenv>=1.0.1",
+    "fastapi>=0.110.2",
+    "python-multipart>=0.0.9",
+    "httpx>=0.27.0",
+    "schedule>=1.2.1",
+    "dicomweb-client[gcp]==0.59.1",
+    "timeloop>=1.0.2",
+    "expiringdict>=1.2.2",
+    "expiring_dict>=1.1.0",
+    "cachetools>=5.3.3",
+    "watchdog>=4.0.0",
+    "pydicom==2.4.4",
+    "pynetdicom>=2.0.2,<3",
+    "pynrrd>=1.0.0",
+    "girder-client>=3.2.3",
+    "ninja>=1.11.1.1",
+    "einops>=0.7.0",
+    "pyyaml>=6.0.1",
+    "filelock>=3.11.0",
+    "passlib>=1.7.4",
+    "pyjwt>=2.8.0",
+    "bcrypt>=4.1.2",
+    "shapely>=2.0.4",
+    "requests>=2.31.0",
+    "requests-toolbelt>=1.0.0",
+    "urllib3>=2.2.1",
+    "scikit-learn",
+    "scipy",
+    "google-auth>=2.29.0",
+    "SimpleITK",  # pydicom-seg's dependency
+)
+NUMPY_LT2_DEPENDENCIES = ("pydicom-seg>=0.4.1", "numpymaxflow>=0.0.7")  # declare numpy<2: installed --no-deps
+TORCHVISION_STAND_IN = '''"""torchvision stand-in of scripts/check_monailabel.py: MONAI Label imports these names at start-up."""
+
+
+def _unavailable(*args, **kwargs):
+    raise RuntimeError("torchvision is not installed (stand-in of scripts/check_monailabel.py)")
+
+
+make_grid = save_image = _unavailable
+'''
+BUNDLE_NAME = "lh_utanet"
+STUDY_FORMATS = (".jpg", ".png", ".tif", ".jpg", ".png")  # /infer is checked on the first of each format
+
+
+class CheckError(Exception):
+    """A check did not pass; the message says which and by how much."""
+
+
+def run(command: Sequence[str], **kwargs) -> subprocess.CompletedProcess:
+    """Run ``command``; CheckError with the end of its output when it fails."""
+    result = subprocess.run(command, capture_output=True, text=True, check=False, **kwargs)
+    if result.returncode != 0:
+        raise CheckError(f"{' '.join(command[:6])} ... failed:\n{(result.stdout + result.stderr)[-3000:]}")
+    return result
+
+
+def venv_spec() -> str:
+    requirements = (REPO_ROOT / "requirements.txt").read_text(encoding="utf-8")
+    return json.dumps([MONAI_LABEL, MONAI_LABEL_DEPENDENCIES, NUMPY_LT2_DEPENDENCIES, requirements])
+
+
+def build_venv(venv: Path) -> Path:
+    """The side environment's python, built unless ``venv`` already holds one of the same specification."""
+    python, marker = venv / "bin" / "python", venv / "lh_utanet_spec.json"
+    if python.is_file() and marker.is_file() and marker.read_text(encoding="utf-8") == venv_spec():
+        print(f"environment: reusing {venv}")
+        return python
+    print(f"environment: building {venv} (torch first, then the bundle's requirements, then MONAI Label)", flush=True)
+    run([sys.executable, "-m", "venv", "--clear", str(venv)])
+    pip = [str(python), "-m", "pip", "install", "--quiet"]
+    run([*pip, "torch==2.13.0"])
+    run([*pip, "-r", str(REPO_ROOT / "requirements.txt")])
+    run([*pip, "--no-deps", MONAI_LABEL, *NUMPY_LT2_DEPENDENCIES])
+    run([*pip, "-c", str(REPO_ROOT / "requirements.txt"), *MONAI_LABEL_DEPENDENCIES])
+    marker.write_text(venv_spec(), encoding="utf-8")
+    return python
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def make_studies(folder: Path, images_dir: str | None, work: Path) -> dict[str, Path]:
+    """Write the studies (``case<i>.<ext>``) and their labels (``labels/final/case<i>.png``, 0/1).
+
+    Returns {study id: study file}. Synthetic images are demo polyps cropped to 256×192 (W×H), so that a
+    transposed mask cannot pass; ``images_dir`` images keep their own (non-square) sizes.
+    """
+    labels = folder / "labels" / "final"
+    labels.mkdir(parents=True)
+    if images_dir:
+        sources = sorted((Path(images_dir) / "images").iterdir())[: len(STUDY_FORMATS)]
+        pairs = [(s, next((Path(images_dir) / "masks").glob(s.stem + ".*"))) for s in sources]
+    else:
+        demo = Path(make_demo_dataset(work / "demo", num_images=len(STUDY_FORMATS), size=256, seed=3))
+        pairs = [(p, demo / "masks" / p.name) for p in sorted((demo / "images").glob("*.png"))]
+    studies = {}
+    for index, ((image_path, mask_path), suffix) in enumerate(zip(pairs, STUDY_FORMATS)):
+        image = np.asarray(Image.open(image_path).convert("RGB"))
+        mask = (np.asarray(Image.open(mask_path).convert("L")) > 127).astype(np.uint8)
+        if not images_dir:
+            image, mask = image[32:224], mask[32:224]  # 192 rows, 256 columns
+        study = folder / f"case{index}{suffix}"
+        if suffix == ".tif":
+            tifffile.imwrite(study, image)
+        else:
+            Image.fromarray(image).save(study, quality=95)
+        Image.fromarray(mask).save(labels / f"case{index}.png")
+        studies[study.stem] = study
+    return studies
+
+
+def read_array(path: Path) -> np.ndarray:
+    """The pixels of an image file as stored, rows first, singleton axes dropped."""
+    return np.squeeze(tifffile.imread(path) if path.suffix == ".tif" else np.asarray(Image.open(path)))
+
+
+def read_mask(path: Path, foreground: int = 255) -> np.ndarray:
+    """(H, W) bool mask of a mask file whose foreground value is ``foreground``: 255 for the bundle's masks, 1 for
+    labels and MONAI Label's results (label ``foreground`` = 1); more than half of it is foreground (JPEG noise)."""
+    return read_array(path) > foreground / 2
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else float(2 * (a & b).sum() / total)
+
+
+def shipped_hashes(root: Path) -> dict[str, str]:
+    return {name: sha256_of(root / name) for name in SHIPPED if (root / name).is_file()}
+
+
+class Server:
+    """``monailabel start_server`` in its own process group, stopped by that group's id."""
+
+    def __init__(self, python: Path, app: Path, studies: Path, stubs: Path, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(stubs), str(app.parent)]), "OMP_NUM_THREADS": "2"}
+        command = [
+            str(python), "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(studies),
+            "--conf", "models", BUNDLE_NAME, "--conf", "zoo_source", "local", "--conf", "sam2", "false",
+            "--host", "127.0.0.1", "--port", str(self.port),
+        ]  # fmt: skip
+        self.log = log
+        self.process = subprocess.Popen(
+            command, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        print(f"server: pid {self.process.pid} on {self.url}, log {log}", flush=True)
+
+    def request(self, method: str, path: str, timeout: float = 60, **kwargs) -> bytes:
+        request = urllib.request.Request(self.url + path, method=method, **kwargs)
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.read()
+
+    def wait_until_up(self, timeout: float = 300) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise CheckError(f"the server exited with {self.process.returncode}; log:\n{self.tail()}")
+            try:
+                return json.loads(self.request("GET", "/info/", timeout=5))
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(2)
+        raise CheckError(f"the server did not answer /info/ within {timeout:.0f} s; log:\n{self.tail()}")
+
+    def tail(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        print(f"server: stopped (pid {self.process.pid}, exit {self.process.returncode})")
+
+
+def direct_masks(studies: dict[str, Path], work: Path) -> dict[str, np.ndarray]:
+    """``configs/inference.json`` on a copy of the study images, as a user runs it: {study id: (H, W) mask}."""
+    folder, out = work / "direct_in", work / "direct_out"
+    folder.mkdir()
+    for path in studies.values():
+        shutil.copy(path, folder / path.name)
+    command = [
+        sys.executable, "-m", "monai.bundle", "run", "--config_file", str(REPO_ROOT / "configs" / "inference.json"),
+        "--bundle_root", str(REPO_ROOT), "--dataset_dir", str(folder), "--output_dir", str(out),
+    ]  # fmt: skip
+    run(command, cwd=REPO_ROOT)
+    return {study: read_mask(out / f"{study}_mask.png") for study in studies}
+
+
+def infer(server: Server, study: str, result: Path, **params: object) -> Path:
+    """``POST /infer/lh_utanet`` of ``study`` with ``params``; the returned mask file is written to ``result``."""
+    body = urllib.parse.urlencode({"params": json.dumps({"device": "cpu", **params})}).encode()
+    query = urllib.parse.urlencode({"image": study, "output": "image"})
+    result.write_bytes(server.request("POST", f"/infer/{BUNDLE_NAME}?{query}", timeout=120, data=body))
+    return result
+
+
+def check_infer(
+    server: Server, studies: dict[str, Path], labels: Path, direct: dict[str, np.ndarray], tolerance: float, out: Path
+) -> None:
+    """/infer on the first study of each format: 2D uint8 mask at H×W, Dice within ``tolerance`` of the direct run's;
+    for JPG also with ``result_extension`` .png, which must equal the direct mask."""
+    checked = set()
+    for study, path in studies.items():
+        if path.suffix in checked:
+            continue
+        checked.add(path.suffix)
+        result = infer(server, study, out / f"{study}_monailabel{path.suffix}")
+        stored, (height, width) = read_array(result), read_array(path).shape[:2]
+        label, mask = read_mask(labels / f"{study}.png", foreground=1), read_mask(result, foreground=1)
+        served, reference = dice(mask, label), dice(direct[study], label)
+        line = (
+            f"infer {path.name}: mask {stored.shape} {stored.dtype} for image {height}x{width}; Dice vs label "
+            f"{served:.4f} (direct bundle run {reference:.4f}, difference {abs(served - reference):.4f}); "
+            f"agreement with the direct mask {dice(mask, direct[study]):.4f}"
+        )
+        print(line, flush=True)
+        if stored.ndim != 2 or stored.dtype != np.uint8 or stored.shape != (height, width):
+            raise CheckError(f"{path.name}: expected a 2D uint8 mask of {height}x{width}")
+        if abs(served - reference) > tolerance:
+            raise CheckError(f"{path.name}: Dice differs from the direct run by more than {tolerance}")
+        if path.suffix == ".jpg":
+            lossless = infer(server, study, out / f"{study}_monailabel.png", result_extension=".png")
+            agreement = dice(read_mask(lossless, foreground=1), direct[study])
+            print(f"infer {path.name} with result_extension .png: agreement with the direct mask {agreement:.4f}")
+            if agreement < 1.0:
+                raise CheckError(f"{path.name}: the PNG result differs from the direct mask")
+
+
+def check_train(server: Server, bundle: Path, repo_hashes: dict[str, str], app_hashes: dict[str, str]) -> None:
+    """/train for 1 epoch from the shipped weights: a new checkpoint under models/monailabel/, shipped files as they were."""
+    params = {"max_epochs": 1, "val_split": 0.4, "device": "cpu", "multi_gpu": False, "pretrained": True}
+    start = time.monotonic()
+    answer = server.request(
+        "POST",
+        f"/train/{BUNDLE_NAME}?run_sync=true",
+        timeout=600,
+        data=json.dumps(params).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    trained = sorted((bundle / "models" / "monailabel").glob("*/model.pt"))
+    print(f"train: 1 epoch in {time.monotonic() - start:.0f} s; answer {answer[:200]!r}; checkpoints {trained}")
+    if not trained:
+        raise CheckError(
+            f"training wrote no checkpoint under {bundle / 'models' / 'monailabel'}; log:\n{server.tail()}"
+        )
+    for root, before in ((REPO_ROOT, repo_hashes), (bundle, app_hashes)):
+        after = shipped_hashes(root)
+        print(
+            f"shipped weights in {root}: {'unchanged' if after == before else 'CHANGED'} ({', '.join(sorted(after))})"
+        )
+        if after != before:
+            raise CheckError(f"the shipped weights in {root} changed")
+
+
+def install_bundle(app: Path, work: Path) -> Path:
+    """The bundle zip with weights (scripts/package_bundle.py), unpacked into the app's model folder."""
+    archive = work / "bundle.zip"
+    run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "scripts" / "package_bundle.py"),
+            "--include-weights",
+            "--output",
+            str(archive),
+        ]
+    )
+    with zipfile.ZipFile(archive) as zipped:
+        zipped.extractall(app / "model")
+    return app / "model" / BUNDLE_NAME
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--venv", default=str(REPO_ROOT / ".venv-monailabel"), help="side environment (built once)")
+    parser.add_argument("--images", help="images/ + masks/ folder to take the studies from (default: synthetic)")
+    parser.add_argument("--work_dir", help="folder for the app, studies and outputs (default: a temporary one)")
+    parser.add_argument("--dice_tolerance", type=float, default=0.001)
+    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    args = parser.parse_args(argv)
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="check_monailabel_")).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    if any(work.iterdir()) and args.work_dir:
+        print(f"error: {work} is not empty; choose an empty or new --work_dir", file=sys.stderr)
+        return 1
+    server = None
+    try:
+        python = build_venv(Path(args.venv).resolve())
+        stubs = work / "stubs" / "torchvision"
+        stubs.mkdir(parents=True)
+        (stubs / "__init__.py").write_text("", encoding="utf-8")
+        (stubs / "utils.py").write_text(TORCHVISION_STAND_IN, encoding="utf-8")
+        apps = work / "apps"
+        run(
+            [str(python), "-m", "monailabel.main", "apps", "--download", "--name", "monaibundle", "--output", str(apps)]
+        )
+        app = apps / "monaibundle"
+        bundle = install_bundle(app, work)
+        studies_dir = work / "studies"
+        studies = make_studies(studies_dir, args.images, work)
+        direct = direct_masks(studies, work)
+        repo_hashes, app_hashes = shipped_hashes(REPO_ROOT), shipped_hashes(bundle)
+        server = Server(python, app, studies_dir, work / "stubs", work / "server.log")
+        info = server.wait_until_up()
+        model_info = info.get("models", {}).get(BUNDLE_NAME)
+        models, trainers = sorted(info.get("models", {})), sorted(info.get("trainers", {}))
+        print(f"info: models {models}, trainers {trainers}; {BUNDLE_NAME}: {model_info}")
+        if not model_info or BUNDLE_NAME not in trainers:
+            raise CheckError(f"/info/ lists no {BUNDLE_NAME} model and trainer")
+        check_infer(server, studies, studies_dir / "labels" / "final", direct, args.dice_tolerance, work)
+        check_train(server, bundle, repo_hashes, app_hashes)
+    except CheckError as failure:
+        print(f"FAILED: {failure}", file=sys.stderr)
+        return 1
+    finally:
+        if server is not None:
+            server.stop()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"work folder kept: {work}")
+    print("MONAI Label check: all passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
