@@ -3,7 +3,9 @@ checkpoint, TorchScript or ONNX Runtime, and the ONNX export."""
 
 from __future__ import annotations
 
+import logging
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,9 +14,11 @@ from monai.data import MetaTensor
 from torch import nn
 
 from .checkpoints import SHAPE_SETTINGS, read_network_settings, read_state_dict
-from .io import atomic_write
+from .io import atomic_write, sha256_of
 
-BACKENDS: tuple[str, ...] = ("torch", "torchscript", "onnx")
+logger = logging.getLogger(__name__)
+
+BACKENDS: tuple[str, ...] = ("auto", "torch", "torchscript", "onnx")
 
 
 def load_network(network: nn.Module, ckpt_path: str | os.PathLike) -> nn.Module:
@@ -66,6 +70,57 @@ class OnnxPredictor(Predictor):
         return torch.from_numpy(logits).to(images.device)
 
 
+def onnx_runtime_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def default_onnx_cache() -> Path:
+    """``$XDG_CACHE_HOME/lh_utanet/onnx`` (``~/.cache/lh_utanet/onnx``): where ``backend auto`` keeps its exports."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lh_utanet" / "onnx"
+
+
+def cached_onnx_export(
+    network: nn.Module,
+    ckpt_path: str | os.PathLike,
+    cache_dir: str | os.PathLike,
+    probe_size: Sequence[int],
+    atol: float = 1e-3,
+) -> Path:
+    """The ONNX export of ``network`` (with ``ckpt_path`` loaded) in ``cache_dir``, made once per checkpoint.
+
+    The file is named by the checkpoint's sha256 and the torch version, so a retrained checkpoint gets its own. A
+    new export is written to a temporary file, run by ONNX Runtime on a probe input of ``probe_size`` (H, W) and
+    compared with torch; only an export whose logits agree within ``atol`` is renamed into place. ValueError when
+    they do not agree (nothing is kept).
+    """
+    digest = sha256_of(ckpt_path)[:16]
+    path = Path(cache_dir) / f"{Path(ckpt_path).stem}-{digest}-torch{torch.__version__.split('+')[0]}.onnx"
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".onnx")
+    os.close(fd)
+    unverified = Path(name)
+    try:
+        in_channels = next(network.parameters()).shape[1]
+        export_onnx(network, unverified, probe_size, in_channels)
+        probe = torch.rand(1, in_channels, *probe_size, generator=torch.Generator().manual_seed(0))
+        with torch.inference_mode():
+            expected = network(probe.to(next(network.parameters()).device)).cpu()
+        difference = float((OnnxPredictor(unverified).predict(probe) - expected).abs().max())
+        if difference > atol:
+            raise ValueError(f"the ONNX export of {ckpt_path} differs from torch by {difference:.2g} (> {atol})")
+        os.replace(unverified, path)
+        logger.info("exported %s to ONNX for backend auto: %s (max |difference| %.1e)", ckpt_path, path, difference)
+    finally:
+        unverified.unlink(missing_ok=True)
+    return path
+
+
 def load_predictor(
     backend: str,
     device: torch.device | str,
@@ -73,12 +128,22 @@ def load_predictor(
     ckpt_path: str | os.PathLike,
     ts_path: str | os.PathLike,
     onnx_path: str | os.PathLike,
+    onnx_cache_dir: str | os.PathLike | None = None,
+    probe_size: Sequence[int] = (128, 128),
 ) -> Predictor:
     """The model as a :class:`Predictor`.
 
-    ``backend``: "torch" (``network`` with ``ckpt_path`` loaded strictly), "torchscript" (``ts_path``) or "onnx"
-    (``onnx_path``, ONNX Runtime on the CPU).
+    ``backend``: "auto" (ONNX Runtime on a CPU when onnxruntime is installed, from :func:`cached_onnx_export` of
+    ``ckpt_path`` into ``onnx_cache_dir``; else "torch"), "torch" (``network`` with ``ckpt_path`` loaded strictly,
+    for CUDA with AMP), "torchscript" (``ts_path``) or "onnx" (``onnx_path``, ONNX Runtime on the CPU).
     """
+    if backend == "auto":
+        if torch.device(device).type != "cpu" or not onnx_runtime_available():
+            return load_predictor("torch", device, network, ckpt_path, ts_path, onnx_path)
+        exported = cached_onnx_export(
+            load_network(network, ckpt_path).to("cpu"), ckpt_path, onnx_cache_dir or default_onnx_cache(), probe_size
+        )
+        return OnnxPredictor(exported)
     if backend == "torch":
         return Predictor(load_network(network, ckpt_path).to(device))
     paths = {"torchscript": ts_path, "onnx": onnx_path}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -87,3 +88,12 @@ def write_nifti_mask(path: str | os.PathLike, mask: np.ndarray, reference: str |
     header.set_slope_inter(1, 0)
     out = nib.Nifti1Image(mask.reshape(image.shape[:3]), image.affine, header)
     atomic_write(path, lambda tmp: tmp.write_bytes(gzip.compress(out.to_bytes())))
+
+
+def sha256_of(path: str | Path) -> str:
+    """Hex sha256 of the file at ``path``, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -30,8 +30,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 import yaml  # noqa: E402
+from bundle.io import sha256_of  # noqa: E402
 from bundle.io import atomic_write, atomic_write_text  # noqa: E402
-from scripts.write_large_files import sha256_of  # noqa: E402
 
 BUNDLE_NAME = "lh_utanet"
 MODEL_ZOO_NAME = "polyp_colonoscopy_segmentation"  # the model zoo names bundles by target, data type and task

@@ -10,7 +10,6 @@ Usage (from the repository root):
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,20 +19,11 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from bundle.io import atomic_write_text  # noqa: E402
+from bundle.io import atomic_write_text, sha256_of  # noqa: E402
 
 SHIPPED = ("models/model.pt", "models/stage1/model.pt", "models/model.ts")
 SIZE_CAP_MB = 25  # the MONAI model zoo's limit per file
 HEADER = "# Weights shipped in this repository, with their sha256. Written by scripts/write_large_files.py.\n"
-
-
-def sha256_of(path: str | Path) -> str:
-    """Hex sha256 of the file at ``path``, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def large_files_entries(root: Path, files: Sequence[str]) -> list[dict[str, str]]:

@@ -245,3 +245,38 @@ def test_antialiased_resized_matches_monai_resized(shape):
     assert isinstance(result["image"], MetaTensor) and result["image"].shape == expected.shape
     assert torch.allclose(result["image"], expected, atol=1e-5)
     assert fast.inverse(result)["image"].shape == shape
+
+
+def test_backend_auto_runs_onnx_runtime_on_cpu_with_torchs_masks(tmp_path, mixed):
+    """``backend auto`` (the default) on a CPU exports the checkpoint once into the cache, verified, and serves it
+    with ONNX Runtime; its masks equal the torch backend's."""
+    from bundle.backends import OnnxPredictor
+
+    ckpt, cache = save_checkpoint(tmp_path / "random.pt", all_foreground=False), tmp_path / "cache"
+    masks = {}
+    for backend in ("torch", "auto", "auto"):
+        out = tmp_path / f"{backend}-{len(masks)}"
+        settings = {**FAST, "backend": backend, "ckpt_path": str(ckpt), "onnx_cache_dir": str(cache)}
+        workflow = run_bundle(["inference.json"], "infer", dataset_dir=str(mixed), output_dir=str(out), **settings)
+        predictor = workflow.parser.get_parsed_content("predictor")
+        assert isinstance(predictor, OnnxPredictor) == (backend == "auto")
+        masks[backend] = np.concatenate([read_mask(out / name).ravel() > 0 for name, _ in GOOD.values()])
+        if backend == "auto":
+            exported = sorted(cache.glob("*.onnx"))
+            assert len(exported) == 1 and exported[0].name.startswith("random-")  # made once, then reused
+            assert not list(cache.glob(".*"))  # no unverified temporary file left
+    assert 0.2 < masks["torch"].mean() < 0.8
+    dice = 2 * (masks["auto"] & masks["torch"]).sum() / (masks["auto"].sum() + masks["torch"].sum())
+    assert dice >= 0.999
+
+
+def test_an_export_that_disagrees_with_torch_is_never_used(tmp_path, monkeypatch):
+    from bundle.backends import OnnxPredictor, cached_onnx_export, load_network
+
+    ckpt = save_checkpoint(tmp_path / "random.pt", all_foreground=False)
+    network = load_network(LightweightHierarchicalUTANet(encoder="mobilenetv2", use_moe=True), ckpt)
+    predict = OnnxPredictor.predict
+    monkeypatch.setattr(OnnxPredictor, "predict", lambda self, images: predict(self, images) + 0.01)
+    with pytest.raises(ValueError, match="differs from torch"):
+        cached_onnx_export(network, ckpt, tmp_path / "cache", (64, 64))
+    assert not list((tmp_path / "cache").iterdir())  # neither the export nor its temporary file is kept

@@ -118,9 +118,10 @@ def test_package_bundle_zip_refusals_and_metadata_check(tmp_path, capsys):
 def test_model_zoo_layout_downloads_its_weights_through_file_urls(tmp_path):
     """``--model-zoo``: no binaries, large_files.yml with url/hash per file; MONAI's download_large_files fetches them."""
     import yaml
+    from bundle.io import sha256_of
     from monai.bundle import download_large_files
     from scripts.package_bundle import MODEL_ZOO_NAME
-    from scripts.write_large_files import SHIPPED, sha256_of
+    from scripts.write_large_files import SHIPPED
 
     zoo = tmp_path / "models"
     weights_url = (REPO_ROOT / "models").as_uri()  # file:///.../models, as if models/ were uploaded there

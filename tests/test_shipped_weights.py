@@ -9,9 +9,10 @@ import yaml
 from bundle.checkpoints import read_state_dict
 from bundle.data import make_demo_dataset
 from bundle.finetune import freeze_except
+from bundle.io import sha256_of
 from monai.bundle import ConfigParser
 from PIL import Image
-from scripts.write_large_files import SHIPPED, SIZE_CAP_MB, sha256_of
+from scripts.write_large_files import SHIPPED, SIZE_CAP_MB
 
 from tests.helpers import CONFIGS, REPO_ROOT, run_bundle
 
