@@ -227,8 +227,8 @@ class Comparison:
         }
         if args.validation_as_test:
             self.budget["datalist"] = (
-                "$bundle.data.validation_as_test(bundle.data.load_datalist(@dataset_dir, @val_fraction, @seed), "
-                "@val_fraction, @seed)"
+                "$bundle.data.validation_as_test(bundle.data.load_datalist(@dataset_dir, @val_fraction, @split_seed), "
+                "@val_fraction, @split_seed)"
             )
 
     def run_dir(self, key: str) -> Path:
@@ -317,6 +317,7 @@ class Comparison:
         run_dir.mkdir(parents=True, exist_ok=True)
         overrides = {
             **self.budget,
+            "split_seed": self.args.seed,  # every row, whatever its own seed, splits the data alike
             **row.settings,
             "output_dir": str(run_dir / "train_logs"),
             "save_dir": str(run_dir / "models"),
@@ -346,6 +347,7 @@ class Comparison:
         run_dir.mkdir(parents=True, exist_ok=True)
         overrides = {
             **self.budget,
+            "split_seed": self.args.seed,
             **row.settings,
             "ckpt_path": str(self.checkpoint(key)),
             "output_dir": str(run_dir / split),
@@ -479,9 +481,15 @@ def write_summary(
             f"# Model comparison on `{Path(args.dataset_dir).name}`",
             f"Command: `{command}`",
             (
-                f"Budget: every network {args.epochs} stage-1 epochs at {args.image_size}×{args.image_size}, seed {args.seed}, "
-                f"batch {args.batch_size}, {args.train_threads} CPU thread(s) per training process; stage-2 rows add "
-                f"{args.stage2_epochs} epochs fine-tuning the stage-1 checkpoint. "
+                (
+                    f"Budget: stage 1 is the given checkpoint `{args.stage1_ckpt}` (not trained here); "
+                    if args.stage1_ckpt
+                    else f"Budget: every network {args.epochs} stage-1 epochs; "
+                )
+                + f"{args.image_size}×{args.image_size}, data split by seed {args.seed}, batch {args.batch_size}, "
+                f"{args.train_threads} CPU thread(s) per training process; stage-2 rows add {args.stage2_epochs} epochs "
+                + ("(recipe (b): twice that) " if args.study else "")
+                + "fine-tuning the stage-1 checkpoint, with the row's seed. "
                 f"Test metrics: `configs/evaluate.json` on the {results[0]['test_images']} test images at their original "
                 "resolution (mean over images; HD95 in pixels). CPU latency: batch 1 at the training size, "
                 f"{threads}, median of {LATENCY_ITERS} warm runs on {cpu_model()} ({platform.machine()}); "

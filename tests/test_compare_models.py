@@ -113,6 +113,13 @@ def test_stage2_study_fine_tunes_the_given_checkpoint_and_tabulates_seeds(compar
     assert all(0 <= r["validation_dice_mean"] <= 1 and 0 <= r["test_dice_mean"] <= 1 for r in results.values())
     seeds = [results[f"study-mobilenetv2-e-s{seed}"]["settings"]["seed"] for seed in (0, 1)]
     assert seeds == [0, 1]
+    validation = [  # the seed varies the training, never the split: every row validates on the same images
+        sorted(
+            row["image"] for row in csv.DictReader(open(root / "study" / key / "validation" / "metrics_per_image.csv"))
+        )
+        for key in results
+    ]
+    assert validation[0] == validation[1] == validation[2]
     table = (root / "sout" / "results.md").read_text().split("## Stage-2 recipes")[1].splitlines()
     row = next(line for line in table if line.startswith("| (e)"))
     mean = sum(results[f"study-mobilenetv2-e-s{seed}"]["validation_dice_mean"] for seed in (0, 1)) / 2
