@@ -1,4 +1,5 @@
-"""Reading and checking checkpoints: which stage a checkpoint holds, and stage-1 -> stage-2 loading."""
+"""Reading and checking checkpoints: the network settings a checkpoint needs, which stage it holds, where a training
+saves (also under MONAI Label), and stage-1 -> stage-2 loading."""
 
 from __future__ import annotations
 
