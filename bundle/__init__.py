@@ -6,6 +6,7 @@ from . import (
     config,
     data,
     data_check,
+    demo,
     distributed,
     finetune,
     formats,

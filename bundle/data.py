@@ -1,4 +1,4 @@
-"""Dataset discovery, train/validation/test splitting and the synthetic demo set."""
+"""Dataset discovery and train/validation/test splitting (the synthetic demo set: :mod:`bundle.demo`)."""
 
 from __future__ import annotations
 
@@ -7,17 +7,11 @@ import json
 import math
 import os
 import random
-import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
-from PIL import Image
-from scipy import ndimage
-
 from .formats import split_suffix
-from .io import atomic_write, atomic_write_json
 
 MASK_TAGS: tuple[str, ...] = ("_segmentation", "_mask")
 IGNORED_TAGS: tuple[str, ...] = ("_superpixels",)  # ISIC ships superpixel maps beside its images
@@ -31,8 +25,6 @@ CSV_SPLIT_NAMES: dict[str, str] = {
     "test": "test",
     "testing": "test",
 }
-DEMO_GENERATOR_VERSION = 1
-DEMO_MANIFEST = "DEMO_MANIFEST.json"
 ACCEPTED_LAYOUTS = (
     "(a) images/ + masks/ (or labels/) with matching relative paths and stems, any image extension, "
     "mask stem optionally followed by '_segmentation' or '_mask'; "
@@ -40,7 +32,6 @@ ACCEPTED_LAYOUTS = (
     "(c) a datalist.json or split.csv beside the data (load_datalist only)"
 )
 _MAX_LISTED = 10
-_DEMO_NAME = re.compile(r"demo_\d{4,}\.png")
 
 Pair = dict[str, str]
 
@@ -52,10 +43,10 @@ class Problem(NamedTuple):
     files: list[str]
 
     def __str__(self) -> str:
-        return f"{len(self.files)} {self.what}: {_format_files(self.files)}"
+        return f"{len(self.files)} {self.what}: {format_files(self.files)}"
 
 
-def _format_files(items: Sequence[object]) -> str:
+def format_files(items: Sequence[object]) -> str:
     """Comma-separated listing of at most ``_MAX_LISTED`` items, then ``and N more``."""
     shown = ", ".join(str(item) for item in items[:_MAX_LISTED])
     extra = len(items) - _MAX_LISTED
@@ -208,7 +199,7 @@ def split_pairs(
         test, rest, missing = _select_by_names(ordered, test_names)
         if missing:
             raise ValueError(
-                f"{len(missing)} test name(s) match no image among the {len(ordered)} pairs: {_format_files(missing)}"
+                f"{len(missing)} test name(s) match no image among the {len(ordered)} pairs: {format_files(missing)}"
             )
     random.Random(seed).shuffle(rest)
     n_val = 0
@@ -260,7 +251,7 @@ def _read_split_csv(path: Path, root: Path) -> dict[str, list[Pair]]:
             out[key], _, unmatched = _select_by_names(pairs, names[key])
             missing += unmatched
     if missing:
-        raise ValueError(f"{path}: {len(missing)} name(s) match no image/mask pair in {root}: {_format_files(missing)}")
+        raise ValueError(f"{path}: {len(missing)} name(s) match no image/mask pair in {root}: {format_files(missing)}")
     return out
 
 
@@ -281,7 +272,7 @@ def load_datalist(dataset_dir: str | os.PathLike, val_fraction: float = 0.2, see
     else:
         names_files = sorted(root.glob("*test_names.txt"))
         if len(names_files) > 1:
-            raise ValueError(f"{root}: several test-name files, keep one: {_format_files(names_files)}")
+            raise ValueError(f"{root}: several test-name files, keep one: {format_files(names_files)}")
         test_names = names_files[0].read_text(encoding="utf-8").splitlines() if names_files else None
         return split_pairs(find_image_mask_pairs(root), val_fraction=val_fraction, seed=seed, test_names=test_names)
     if "validation" not in data:
@@ -290,7 +281,7 @@ def load_datalist(dataset_dir: str | os.PathLike, val_fraction: float = 0.2, see
     result = {key: sorted(data.get(key, []), key=_pair_key) for key in SPLIT_KEYS}
     missing = sorted({p for items in result.values() for pair in items for p in pair.values() if not os.path.isfile(p)})
     if missing:
-        raise FileNotFoundError(f"{source}: {len(missing)} listed file(s) do not exist: {_format_files(missing)}")
+        raise FileNotFoundError(f"{source}: {len(missing)} listed file(s) do not exist: {format_files(missing)}")
     seen: dict[str, str] = {}
     leaked = []
     for key in SPLIT_KEYS:
@@ -298,7 +289,7 @@ def load_datalist(dataset_dir: str | os.PathLike, val_fraction: float = 0.2, see
             if seen.setdefault(pair["image"], key) != key:
                 leaked.append(f"{pair['image']} ({seen[pair['image']]} & {key})")
     if leaked:
-        raise ValueError(f"{source}: {len(leaked)} image(s) listed in more than one split: {_format_files(leaked)}")
+        raise ValueError(f"{source}: {len(leaked)} image(s) listed in more than one split: {format_files(leaked)}")
     return result
 
 
@@ -316,106 +307,16 @@ def validation_as_test(
     return {"training": split["training"], "validation": split["validation"], "test": datalist["validation"]}
 
 
-def _smooth_noise(rng: np.random.Generator, size: int, cells: int, channels: int) -> np.ndarray:
-    """Unit-variance smooth float32 noise of shape ``(channels, size, size)``: a ``cells``-grid, cubic-upsampled."""
-    grid = rng.standard_normal((channels, cells, cells), dtype=np.float32)
-    # cubic spline zoom is linear and separable: one (size, cells) matrix applied to both axes; plain einsum
-    # (no BLAS) because multi-threaded BLAS on these tiny products is slow on a busy machine
-    upsample = ndimage.zoom(np.eye(cells, dtype=np.float32), (size / cells, 1), order=3, mode="mirror")
-    noise = np.einsum("cyj,xj->cyx", np.einsum("yi,cij->cyj", upsample, grid), upsample)
-    return noise / (noise.std(axis=(1, 2), keepdims=True) + 1e-6)
+def training_subset(
+    datalist: dict[str, list[Pair]], num_images: int, val_fraction: float = 0.2, seed: int = 0
+) -> dict[str, list[Pair]]:
+    """Keep a seeded choice of ``num_images`` training + validation pairs, split validation off them again.
 
-
-def _add_blob(rng: np.random.Generator, area: float, alpha: np.ndarray, dome: np.ndarray) -> None:
-    """Draw one smooth-perturbed ellipse covering about ``area`` of the image into ``alpha`` and ``dome`` (in place).
-
-    ``alpha`` is the soft coverage (mask = alpha >= 0.5); ``dome`` is 1 at the blob centre, 0 at its border.
+    For small-data studies: the result trains and selects checkpoints on ``num_images`` pairs in all;
+    ``test`` is unchanged. Raises when fewer pairs are available.
     """
-    size = alpha.shape[0]
-    aspect = rng.uniform(0.6, 1.0)
-    a = math.sqrt(area / (math.pi * aspect))
-    cy, cx = rng.uniform(a, 1 - a, size=2)
-    angle = rng.uniform(0, math.pi)
-    harmonics = np.arange(2, 6)
-    amplitudes = rng.uniform(0, 0.32, 4) / harmonics
-    phases = rng.uniform(0, 2 * math.pi, 4)
-    edge = rng.uniform(0.05, 0.12)
-    # alpha > 0 needs rho < 1 + sum(amplitudes) + edge / 2 < 1.5 (in units of the long semi-axis a)
-    lo = [max(0, math.floor((c - 1.5 * a) * (size - 1))) for c in (cy, cx)]
-    hi = [min(size, math.ceil((c + 1.5 * a) * (size - 1)) + 1) for c in (cy, cx)]
-    ys = (np.arange(lo[0], hi[0], dtype=np.float32) / (size - 1) - cy)[:, None]
-    xs = (np.arange(lo[1], hi[1], dtype=np.float32) / (size - 1) - cx)[None, :]
-    u = (xs * math.cos(angle) + ys * math.sin(angle)) / a
-    v = (ys * math.cos(angle) - xs * math.sin(angle)) / (a * aspect)
-    rho, theta = np.hypot(u, v), np.arctan2(v, u)
-    radius = 1 + sum(amp * np.cos(k * theta + ph) for amp, k, ph in zip(amplitudes, harmonics, phases))
-    crop = (slice(lo[0], hi[0]), slice(lo[1], hi[1]))
-    np.maximum(alpha[crop], np.clip((radius - rho) / edge + 0.5, 0, 1), out=alpha[crop])
-    np.maximum(dome[crop], np.clip(1 - rho / radius, 0, 1), out=dome[crop])
-
-
-def _demo_sample(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """One polyp-like RGB image (uint8, HxWx3) and its {0, 255} mask (uint8, HxW)."""
-    base = rng.uniform([150, 70, 70], [235, 150, 140]).astype(np.float32)[:, None, None]
-    shading = 1 + 0.12 * _smooth_noise(rng, size, 4, 1) + 0.04 * _smooth_noise(rng, size, 12, 1)
-    background = base * shading + 10 * _smooth_noise(rng, size, 4, 3)
-
-    alpha = np.zeros((size, size), dtype=np.float32)
-    dome = np.zeros((size, size), dtype=np.float32)
-    n_blobs = 0 if rng.random() < 0.1 else int(rng.integers(1, 4))
-    if n_blobs:
-        for area in rng.uniform(0.04, 0.28) * rng.dirichlet(np.full(n_blobs, 3.0)):
-            _add_blob(rng, area, alpha, dome)
-
-    blob_colour = base * rng.uniform([0.85, 0.5, 0.55], [1.05, 0.72, 0.82]).astype(np.float32)[:, None, None]
-    blob = blob_colour * (1 + 0.25 * dome) + 14 * _smooth_noise(rng, size, max(4, size // 8), 3)
-    image = background + alpha * (blob - background)
-
-    coords = np.linspace(0, 1, size, dtype=np.float32)
-    cy, cx = rng.uniform(0.3, 0.7, size=2)
-    tilt = rng.uniform(0, 2 * math.pi)
-    ys, xs = coords[:, None], coords[None, :]
-    illumination = (
-        1
-        - rng.uniform(0.2, 0.6) * ((ys - cy) ** 2 + (xs - cx) ** 2)
-        + rng.uniform(-0.15, 0.15) * ((xs - 0.5) * math.cos(tilt) + (ys - 0.5) * math.sin(tilt))
-    )
-    image = image * illumination + 3 * rng.standard_normal(image.shape, dtype=np.float32)
-    rgb = np.clip(image, 0, 255).round().astype(np.uint8).transpose(1, 2, 0)
-    return rgb, np.where(alpha >= 0.5, 255, 0).astype(np.uint8)
-
-
-def make_demo_dataset(out_dir: str | os.PathLike, num_images: int = 200, size: int = 256, seed: int = 0) -> str:
-    """Write a deterministic synthetic polyp-like set to ``out_dir/images`` + ``out_dir/masks`` (PNG).
-
-    Idempotent: returns at once when ``DEMO_MANIFEST.json`` records the same parameters, never overwrites an
-    existing file, and refuses (ValueError) a folder holding a different demo set or other images.
-    """
-    if num_images < 1 or size < 16:
-        raise ValueError(f"need num_images >= 1 and size >= 16, got num_images={num_images}, size={size}")
-    root = Path(os.path.abspath(out_dir))
-    manifest_path = root / DEMO_MANIFEST
-    manifest = {"num_images": num_images, "size": size, "seed": seed, "generator_version": DEMO_GENERATOR_VERSION}
-    if manifest_path.is_file():
-        with open(manifest_path, encoding="utf-8") as f:
-            existing = json.load(f)
-        if existing == manifest:
-            return str(root)
-        raise ValueError(f"{root} already holds a different demo set ({existing}); requested {manifest}")
-    image_dir, mask_dir = root / "images", root / "masks"
-    for folder in (image_dir, mask_dir):
-        folder.mkdir(parents=True, exist_ok=True)
-        foreign = [p.name for p in sorted(folder.iterdir()) if not (p.name[0] == "." or _DEMO_NAME.fullmatch(p.name))]
-        if foreign:
-            raise ValueError(f"{folder} holds non-demo files, refusing to mix: {_format_files(foreign)}")
-    for index in range(num_images):
-        name = f"demo_{index:04d}.png"
-        targets = [path for path in (image_dir / name, mask_dir / name) if not path.exists()]
-        if not targets:
-            continue
-        arrays = _demo_sample(np.random.default_rng([seed, index]), size)
-        for path, array in zip((image_dir / name, mask_dir / name), arrays):
-            if path in targets:
-                atomic_write(path, lambda tmp, a=array: Image.fromarray(a).save(tmp, format="PNG", compress_level=1))
-    atomic_write_json(manifest_path, manifest)
-    return str(root)
+    pool = sorted(datalist["training"] + datalist.get("validation", []), key=_pair_key)
+    if not 2 <= num_images <= len(pool):
+        raise ValueError(f"training_subset: need 2..{len(pool)} images (training + validation), got {num_images}")
+    chosen = random.Random(seed).sample(pool, num_images)
+    return {**split_pairs(chosen, val_fraction=val_fraction, seed=seed), "test": datalist.get("test", [])}

@@ -51,7 +51,7 @@ from PIL import Image
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from bundle.data import make_demo_dataset  # noqa: E402
+from bundle.demo import make_demo_dataset  # noqa: E402
 from bundle.io import sha256_of  # noqa: E402
 from scripts.write_large_files import SHIPPED  # noqa: E402
 

@@ -123,12 +123,31 @@ STAGE2_RECIPES: dict[str, tuple[str, dict[str, Any], dict[str, Any], int]] = {
     "e": ("(e) MoE + decoder + head trainable, lr 1e-4", {"trainable_patterns": ["moe", "decoder", "head"]}, {}, 1),
 }
 
+STAGE1_VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    # key: (label, bundle-id settings, overlay): one suspect of the MobileNetV2 small-data gap each (``--variants``)
+    "lr3e-3": ("lr 3e-3 (default 1e-3)", {"learning_rate": 3e-3}, {}),
+    "dec32": (
+        "32-channel full-resolution decoder block (default 16)",
+        {},
+        {"network_def#decoder_channels": [96, 32, 24, 16, 32]},
+    ),
+    "decwide": (
+        "decoder widths 96/64/48/32/32 (default 96/32/24/16/16)",
+        {},
+        {"network_def#decoder_channels": [96, 64, 48, 32, 32]},
+    ),
+}
+
 
 def build_rows(
-    ablation_encoders: Sequence[str], study_encoders: Sequence[str] = (), study_seeds: Sequence[int] = ()
+    ablation_encoders: Sequence[str],
+    study_encoders: Sequence[str] = (),
+    study_seeds: Sequence[int] = (),
+    variants: bool = False,
 ) -> dict[str, CompareRow]:
-    """All rows, in table order: LH-UTANet stage 1 / stage 1+2 per encoder, the MONAI peers, ablations, then
-    the stage-2 study (every recipe of STAGE2_RECIPES with every seed)."""
+    """All rows, in table order: LH-UTANet stage 1 / stage 1+2 per encoder, the MONAI peers, ablations, the
+    MobileNetV2 stage-1 variants (STAGE1_VARIANTS, with ``variants``), then the stage-2 study (every recipe of
+    STAGE2_RECIPES with every seed)."""
     rows: dict[str, CompareRow] = {}
     for encoder in LH_ENCODERS:
         rows[f"lh-{encoder}"] = CompareRow(f"LH-UTANet {encoder} (stage 1)", {"encoder": encoder})
@@ -148,6 +167,10 @@ def build_rows(
                 {"encoder": encoder, setting: value},
                 stage1_row=f"lh-{encoder}",
             )
+    for key, (label, settings, overlay) in STAGE1_VARIANTS.items() if variants else ():
+        rows[f"variant-mobilenetv2-{key}"] = CompareRow(
+            f"LH-UTANet mobilenetv2 (stage 1), {label}", {"encoder": "mobilenetv2", **settings}, overlay
+        )
     for encoder in study_encoders:
         rows[f"study-{encoder}-stage1"] = CompareRow(
             f"LH-UTANet {encoder} stage 1 (--stage1_ckpt, not trained here)", {"encoder": encoder}, study=True
@@ -225,11 +248,13 @@ class Comparison:
             "batch_size": args.batch_size,
             "num_workers": args.num_workers,
         }
+        full_datalist = datalist = "bundle.data.load_datalist(@dataset_dir, @val_fraction, @split_seed)"
         if args.validation_as_test:
-            self.budget["datalist"] = (
-                "$bundle.data.validation_as_test(bundle.data.load_datalist(@dataset_dir, @val_fraction, @split_seed), "
-                "@val_fraction, @split_seed)"
-            )
+            datalist = f"bundle.data.validation_as_test({datalist}, @val_fraction, @split_seed)"
+        if args.train_images:
+            datalist = f"bundle.data.training_subset({datalist}, {args.train_images}, @val_fraction, @split_seed)"
+        if datalist != full_datalist:
+            self.budget["datalist"] = "$" + datalist
 
     def run_dir(self, key: str) -> Path:
         return self.work_dir / key
@@ -487,7 +512,12 @@ def write_summary(
                     else f"Budget: every network {args.epochs} stage-1 epochs; "
                 )
                 + f"{args.image_size}×{args.image_size}, data split by seed {args.seed}, batch {args.batch_size}, "
-                f"{args.train_threads} CPU thread(s) per training process; stage-2 rows add {args.stage2_epochs} epochs "
+                + (
+                    f"trained on {args.train_images} images (training + validation, validation split off them), "
+                    if args.train_images
+                    else ""
+                )
+                + f"{args.train_threads} CPU thread(s) per training process; stage-2 rows add {args.stage2_epochs} epochs "
                 + ("(recipe (b): twice that) " if args.study else "")
                 + "fine-tuning the stage-1 checkpoint, with the row's seed. "
                 f"Test metrics: `configs/evaluate.json` on the {results[0]['test_images']} test images at their original "
@@ -544,7 +574,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="test on the dataset's validation split and select checkpoints on a split of training (ISIC 2017)",
     )
+    parser.add_argument(
+        "--train_images",
+        type=int,
+        help="train and select checkpoints on this many images of training + validation (small-data studies)",
+    )
     parser.add_argument("--rows", help="comma-separated row keys (default: all)")
+    parser.add_argument(
+        "--variants", action="store_true", help="add the MobileNetV2 stage-1 variants (STAGE1_VARIANTS) as rows"
+    )
     parser.add_argument(
         "--ablations", default="", help="comma-separated encoders to run the top_k / lambda ablations for"
     )
@@ -578,7 +616,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = sorted(set(ablations + study) - set(LH_ENCODERS))
     if unknown:
         raise SystemExit(f"--ablations/--study: unknown encoder(s) {unknown}; choose from {list(LH_ENCODERS)}")
-    rows = build_rows(ablations, study, [int(seed) for seed in args.study_seeds.split(",") if seed])
+    rows = build_rows(ablations, study, [int(seed) for seed in args.study_seeds.split(",") if seed], args.variants)
     keys = args.rows.split(",") if args.rows else list(rows)
     unknown = sorted(set(keys) - set(rows))
     if unknown:

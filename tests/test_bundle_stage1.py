@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from bundle.data import make_demo_dataset
+from bundle.demo import make_demo_dataset
 from bundle.networks import LightweightHierarchicalUTANet
 from monai.bundle import ConfigParser
 from PIL import Image

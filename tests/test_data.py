@@ -11,7 +11,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from bundle.data import find_image_mask_pairs, load_datalist, make_demo_dataset, split_pairs
+from bundle.data import find_image_mask_pairs, load_datalist, split_pairs
+from bundle.demo import make_demo_dataset
 from bundle.formats import IMAGE_SUFFIXES
 from PIL import Image
 

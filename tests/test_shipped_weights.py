@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 from bundle.checkpoints import read_state_dict
-from bundle.data import make_demo_dataset
+from bundle.demo import make_demo_dataset
 from bundle.finetune import freeze_except
 from bundle.io import sha256_of
 from monai.bundle import ConfigParser

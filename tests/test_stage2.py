@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 from bundle.checkpoints import load_stage1_weights, read_network_settings
-from bundle.data import make_demo_dataset
+from bundle.demo import make_demo_dataset
 from bundle.finetune import freeze_except
 from bundle.handlers import MoEBalanceLossHandler
 from bundle.networks import LightweightHierarchicalUTANet

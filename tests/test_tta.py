@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from bundle.data import make_demo_dataset
+from bundle.demo import make_demo_dataset
 from bundle.tta import TTAInferer, probabilities
 from PIL import Image
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from bundle.checkpoints import SettingsMismatchError
-from bundle.data import make_demo_dataset
+from bundle.demo import make_demo_dataset
 from monai.bundle import create_workflow
 from PIL import Image
 
