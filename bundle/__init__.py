@@ -14,6 +14,7 @@ from . import (
     inference,
     io,
     networks,
+    postprocessing,
     transforms,
     tta,
 )

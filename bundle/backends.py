@@ -18,7 +18,7 @@ from .io import atomic_write, sha256_of
 
 logger = logging.getLogger(__name__)
 
-BACKENDS: tuple[str, ...] = ("auto", "torch", "torchscript", "onnx")
+BACKENDS: tuple[str, ...] = ("auto", "torch", "torchscript", "onnx", "onnx-int8")
 
 
 def load_network(network: nn.Module, ckpt_path: str | os.PathLike) -> nn.Module:
@@ -130,12 +130,14 @@ def load_predictor(
     onnx_path: str | os.PathLike,
     onnx_cache_dir: str | os.PathLike | None = None,
     probe_size: Sequence[int] = (128, 128),
+    int8_path: str | os.PathLike | None = None,
 ) -> Predictor:
     """The model as a :class:`Predictor`.
 
     ``backend``: "auto" (ONNX Runtime on a CPU when onnxruntime is installed, from :func:`cached_onnx_export` of
     ``ckpt_path`` into ``onnx_cache_dir``; else "torch"), "torch" (``network`` with ``ckpt_path`` loaded strictly,
-    for CUDA with AMP), "torchscript" (``ts_path``) or "onnx" (``onnx_path``, ONNX Runtime on the CPU).
+    for CUDA with AMP), "torchscript" (``ts_path``), "onnx" (``onnx_path``, ONNX Runtime on the CPU) or "onnx-int8"
+    (``int8_path``, a ``scripts/quantize.py`` model, ONNX Runtime on the CPU).
     """
     if backend == "auto":
         if torch.device(device).type != "cpu" or not onnx_runtime_available():
@@ -146,15 +148,15 @@ def load_predictor(
         return OnnxPredictor(exported)
     if backend == "torch":
         return Predictor(load_network(network, ckpt_path).to(device))
-    paths = {"torchscript": ts_path, "onnx": onnx_path}
+    paths = {"torchscript": ts_path, "onnx": onnx_path, "onnx-int8": int8_path}
     if backend not in paths:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}.")
-    if not Path(paths[backend]).is_file():
+    if not paths[backend] or not Path(paths[backend]).is_file():
         raise FileNotFoundError(f"{backend} model not found: {paths[backend]}")
     try:
         if backend == "torchscript":
             return Predictor(torch.jit.load(str(ts_path), map_location=device).eval())
-        return OnnxPredictor(onnx_path)
+        return OnnxPredictor(paths[backend])
     except Exception as error:  # torch and onnxruntime raise their own error types for broken files
         message = f"{backend} model {paths[backend]} is truncated or corrupt and cannot be read: {error}"
         raise ValueError(message) from error

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .config import flag
+from .networks import ENCODERS
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +63,8 @@ class NetworkSettings:
     export and MONAI Label rebuild the same network from the checkpoint alone.
     """
 
-    def __init__(self, settings: dict[str, object]) -> None:
-        self.settings = {key: settings[key] for key in NETWORK_SETTINGS}
+    def __init__(self, settings: dict[str, object]) -> None:  # stage 1 has no top_k
+        self.settings = {key: settings[key] for key in NETWORK_SETTINGS if settings.get(key) is not None}
 
     def state_dict(self) -> dict[str, object]:
         return {**self.settings, "image_size": [int(s) for s in self.settings["image_size"]]}
@@ -82,7 +83,7 @@ def read_network_settings(path: str | os.PathLike) -> dict[str, object]:
     """
     checkpoint = load_checkpoint(path)
     state = _state_dict_of(checkpoint, path)
-    stems = {"encoder.conv1.weight": "resnet34", "encoder.features.0.0.weight": "mobilenetv2"}
+    stems = {f"encoder.{entry.cls.stem_key}": name for name, entry in ENCODERS.items()}
     found = [key for key in stems if key in state]
     if len(found) != 1 or "head.weight" not in state:
         raise ValueError(f"{path} is not an LH-UTANet checkpoint (no encoder stem or head weights found).")

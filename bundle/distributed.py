@@ -41,9 +41,10 @@ class BroadcastBuffers:
     """After every training iteration, copy rank 0's buffers (BatchNorm running statistics) to all ranks.
 
     DistributedDataParallel averages gradients, so the parameters stay equal on all ranks, but each rank
-    updates its BatchNorm statistics with its own batch. DDP's own ``broadcast_buffers`` copies rank 0's
-    buffers at the start of the next forward, which leaves them different during validation and at the end
-    of training. Broadcasting after the iteration instead (use it with ``broadcast_buffers=False``) gives every
+    updates its BatchNorm statistics with its own batch. DDP's own buffer sync (``forward_sync_buffers``, in older
+    torch ``broadcast_buffers``) copies rank 0's buffers at the start of the next forward, which leaves them different
+    during validation and at the end of training. Broadcasting after the iteration instead (with
+    ``forward_sync_buffers=False``, as ``configs/multi_gpu_train.json`` sets it) gives every
     rank the statistics of rank 0, whose weights the checkpoint holds, whenever validation runs.
     """
 

@@ -12,7 +12,7 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TRAINABLE_PATTERNS: tuple[str, ...] = ("moe", "fuse", "docker")
+DEFAULT_TRAINABLE_PATTERNS: tuple[str, ...] = ("moe",)  # the MoE: fuse, experts, gates, dockers
 
 
 def _matches(name: str, patterns: Sequence[str]) -> bool:

@@ -1,53 +1,27 @@
-"""Folder inference for ``configs/inference.json``: which files to segment and where their outputs go, decoding
-in DataLoader workers with bad files kept aside, binary masks, and the handler that writes masks and the report.
+"""Folder inference for ``configs/inference.json``: which files to segment and where their outputs go (planning),
+and decoding in DataLoader workers with bad files kept aside.
 
-The config runs them through MONAI's ``SupervisedEvaluator``: ``dataset`` (:class:`DecodingDataset`) ->
-``dataloader`` (:class:`DecodedBatches`) -> ``predictor`` -> ``postprocessing`` -> ``writer``
-(:class:`FolderWriter`). MONAI Label uses the same ``preprocessing``, ``inferer`` and ``postprocessing``.
+The config runs them through MONAI's ``SupervisedEvaluator``: ``plan`` (:class:`FolderPlan`) -> ``dataset``
+(:class:`DecodingDataset`) -> ``dataloader`` (:class:`DecodedBatches`) -> ``predictor``
+(:mod:`bundle.backends`) -> ``postprocessing`` (:mod:`bundle.postprocessing`) -> ``writer``
+(:class:`bundle.io.FolderWriter`). MONAI Label uses the same ``preprocessing``, ``inferer`` and ``postprocessing``.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 from collections import defaultdict
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from ignite.engine import Engine, Events
-from monai.config import KeysCollection
 from monai.data import Dataset, list_data_collate
-from monai.transforms import FillHoles, KeepLargestConnectedComponent, MapTransform
-from monai.utils import convert_to_dst_type
-from skimage.measure import label as label_components
-from skimage.morphology import remove_small_objects
-from skimage.segmentation import find_boundaries
 from torch.utils.data import DataLoader
 
 from .config import flag
 from .formats import error_reason, is_nifti, split_suffix
-from .io import atomic_write_csv, write_nifti_mask, write_npy, write_png
-from .transforms import ToImageLayoutd
-
-logger = logging.getLogger(__name__)
-
-REPORT_NAME = "predictions.csv"
-REPORT_FIELDS: tuple[str, ...] = (
-    "path",
-    "status",
-    "height",
-    "width",
-    "foreground_fraction",
-    "components",
-    "mean_foreground_probability",
-    "mask",
-)
-OK, SKIPPED = "ok", "skipped: output exists"
-OVERLAY_COLOUR = (0, 255, 0)
-
+from .io import SKIPPED, error_row
 
 # ---------------------------------------------------------------- planning
 
@@ -184,11 +158,6 @@ class FolderPlan:
         return [{"image": str(self.inputs[index].source), "index": index} for index in self.todo]
 
 
-def error_row(plan: InputPlan, reason: str) -> dict[str, object]:
-    logger.warning("%s: %s", plan.relative, reason)
-    return {"path": plan.relative, "status": f"error: {reason}"}
-
-
 # ---------------------------------------------------------------- decoding
 
 
@@ -242,216 +211,3 @@ class DecodedBatches:
         for group in pending.values():
             if group:
                 yield list_data_collate(group)
-
-
-# ---------------------------------------------------------------- post-processing
-
-
-def postprocess_mask(
-    probabilities: np.ndarray,
-    threshold: float = 0.5,
-    keep_largest_component: bool = False,
-    fill_holes: bool = False,
-    min_component_size: int = 0,
-) -> np.ndarray:
-    """(H, W) foreground probabilities -> (H, W) bool mask.
-
-    In order: ``>= threshold``; drop 8-connected components of fewer than ``min_component_size``
-    pixels; fill holes; keep only the largest component.
-    """
-    mask = probabilities >= threshold
-    if min_component_size > 0:
-        mask = remove_small_objects(mask, max_size=min_component_size - 1, connectivity=2)
-    if fill_holes:
-        mask = FillHoles()(mask[None].astype(np.uint8))[0] > 0
-    if keep_largest_component:
-        mask = KeepLargestConnectedComponent()(mask[None].astype(np.uint8))[0] > 0
-    return np.asarray(mask, dtype=bool)
-
-
-class BinaryMaskd(MapTransform):
-    """(1, H, W) foreground probabilities -> (1, H, W) float {0, 1} mask by :func:`postprocess_mask`.
-
-    The probabilities are kept under ``prob_key``.
-    """
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        threshold: float = 0.5,
-        keep_largest_component: bool = False,
-        fill_holes: bool = False,
-        min_component_size: int = 0,
-        prob_key: str = "prob",
-    ) -> None:
-        super().__init__(keys)
-        self.options = {
-            "threshold": threshold,
-            "keep_largest_component": keep_largest_component,
-            "fill_holes": fill_holes,
-            "min_component_size": min_component_size,
-        }
-        self.prob_key = prob_key
-
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            probabilities = d[key]
-            if probabilities.ndim != 3 or probabilities.shape[0] != 1:
-                raise ValueError(f"expected one-channel probabilities (1, H, W), got {tuple(probabilities.shape)}.")
-            mask = postprocess_mask(probabilities[0].detach().cpu().numpy(), **self.options)
-            d[self.prob_key] = probabilities
-            d[key] = convert_to_dst_type(mask[None].astype(np.float32), probabilities)[0]
-        return d
-
-
-# ---------------------------------------------------------------- writing
-
-
-class SaveMaskd(MapTransform):
-    """Write a (1, H, W) binary ``pred`` as ``output_dir/<subfolder>/<stem>_mask.png`` (uint8 0/255, rows kept).
-
-    The subfolder mirrors the source image's folder relative to ``data_root_dir``; the source comes from
-    ``source_key``'s ``filename_or_obj`` metadata. An existing file raises FileExistsError unless
-    ``overwrite``. Writes are atomic.
-    """
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        output_dir: str | os.PathLike,
-        data_root_dir: str | os.PathLike,
-        source_key: str = "image",
-        overwrite: bool | str = False,
-    ) -> None:
-        super().__init__(keys)
-        self.output_dir, self.data_root_dir = Path(output_dir), Path(os.path.abspath(data_root_dir))
-        self.source_key, self.overwrite = source_key, flag(overwrite, "overwrite")
-
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
-        d = dict(data)
-        source = Path(os.path.abspath(d[self.source_key].meta["filename_or_obj"]))
-        stem = split_suffix(source.name)[0]
-        for key in self.key_iterator(d):
-            path = self.output_dir / source.parent.relative_to(self.data_root_dir) / f"{stem}_mask.png"
-            if path.exists() and not self.overwrite:
-                raise FileExistsError(f"{path} already exists; set overwrite=True or choose another output_dir.")
-            write_png(path, (torch.as_tensor(d[key])[0].cpu().numpy() > 0).astype(np.uint8) * 255)
-        return d
-
-
-def contour_overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """(1 or 3, H, W) image in [0, 1] and (H, W) bool mask -> (H, W, 3) uint8 RGB with the mask outline drawn."""
-    rgb = (np.clip(np.moveaxis(image, 0, -1), 0, 1) * 255).round().astype(np.uint8)
-    rgb = np.repeat(rgb, 3, axis=-1) if rgb.shape[-1] == 1 else rgb
-    outline = find_boundaries(np.pad(mask, 1), mode="inner")[1:-1, 1:-1]  # padded: the image edge closes it
-    rgb[outline] = OVERLAY_COLOUR
-    return rgb
-
-
-def mask_statistics(mask: np.ndarray, probabilities: np.ndarray) -> dict[str, object]:
-    """Report columns of one (H, W) bool mask and its (H, W) probabilities.
-
-    ``mean_foreground_probability`` is empty when the mask is empty.
-    """
-    foreground = probabilities[mask]
-    return {
-        "height": mask.shape[0],
-        "width": mask.shape[1],
-        "foreground_fraction": f"{mask.mean():.6f}",
-        "components": int(label_components(mask).max()),
-        "mean_foreground_probability": f"{foreground.mean():.6f}" if foreground.size else "",
-    }
-
-
-class FolderWriter:
-    """Ignite handler of the folder evaluator: writes each input's outputs, then ``predictions.csv``.
-
-    Per post-processed item: ``pred`` (the mask in the image's layout, :class:`~bundle.transforms.ToImageLayoutd`)
-    and ``prob`` ((1, H, W) probabilities). Masks: 2D input -> ``<stem>_mask.png`` (uint8 0/255, (H, W)); NIfTI ->
-    ``<stem>_mask.nii.gz`` (uint8 0/1, the input's shape, affine and header). Optional: ``<stem>_prob.npy`` (float32
-    (H, W) probabilities in [0, 1], oriented as the mask) and ``<stem>_overlay.png`` (RGB image, mask outline in
-    green). Writes are atomic; a failed write costs only its input (an error row).
-
-    ``predictions.csv`` has a row per input in ``plan`` order (segmented, skipped, bad file, or "not processed"
-    when the run stopped early). It is rewritten when the run wrote a mask (also when it stops midway), so a
-    re-run with nothing new writes nothing. When no input gave a mask or was skipped the run raises at the end.
-
-    Args:
-        plan: the :class:`FolderPlan` the evaluator's data come from.
-        batches: its :class:`DecodedBatches` (inputs that failed to decode).
-        display_transform: ``{"image": path}`` -> ``{"image": (1 or 3, H, W) in [0, 1]}`` for overlays.
-    """
-
-    def __init__(
-        self, plan: FolderPlan, batches: DecodedBatches, display_transform: Callable[[dict], dict] | None = None
-    ) -> None:
-        if any("overlay" in item.outputs for item in plan.inputs) and display_transform is None:
-            raise ValueError("save_overlay needs a display_transform.")
-        self.plan, self.batches, self.display_transform = plan, batches, display_transform
-        self.rows: dict[int, dict[str, object]] = {}
-        self.finished = False  # the report is written: an error raised after it must not rewrite it
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self.write_batch)
-        engine.add_event_handler(Events.COMPLETED, self.finish)
-        engine.add_event_handler(Events.EXCEPTION_RAISED, self.stopped)
-
-    def write_batch(self, engine: Engine) -> None:
-        for item, output in zip(engine.state.batch, engine.state.output):
-            index = int(item["index"])
-            plan = self.plan.inputs[index]
-            try:
-                self.rows[index] = self.save(plan, output["pred"], output["prob"], output["image"])
-            except Exception as error:  # a failed write costs only this input
-                self.rows[index] = error_row(plan, error_reason(error))
-
-    def save(self, plan: InputPlan, pred: torch.Tensor, prob: torch.Tensor, image: torch.Tensor) -> dict[str, object]:
-        """Write the outputs of one input; return its report row."""
-        mask = ToImageLayoutd.to_rows_first(torch.as_tensor(pred).cpu().numpy(), image) > 0
-        probabilities = torch.as_tensor(prob)[0].float().cpu().numpy()
-        if is_nifti(plan.source.name):
-            write_nifti_mask(plan.outputs["mask"], mask.astype(np.uint8), plan.source)
-        else:
-            write_png(plan.outputs["mask"], mask.astype(np.uint8) * 255)
-        if "probabilities" in plan.outputs:
-            write_npy(plan.outputs["probabilities"], probabilities)
-        if "overlay" in plan.outputs:
-            display = torch.as_tensor(self.display_transform({"image": str(plan.source)})["image"]).cpu().numpy()
-            write_png(plan.outputs["overlay"], contour_overlay(display, mask))
-        return {
-            "path": plan.relative,
-            "status": OK,
-            **mask_statistics(mask, probabilities),
-            "mask": self.plan.relative(plan.outputs["mask"]),
-        }
-
-    def report(self) -> list[dict[str, object]]:
-        """Write ``predictions.csv`` (unless the run wrote nothing new); return its rows."""
-        rows = {**self.plan.rows, **self.rows}
-        for failure in self.batches.failures:
-            rows[failure["index"]] = error_row(self.plan.inputs[failure["index"]], failure["error"])
-        report = [rows.get(index) or error_row(plan, "not processed") for index, plan in enumerate(self.plan.inputs)]
-        path = self.plan.output_dir / REPORT_NAME
-        if self.plan.overwrite or not path.exists() or any(row["status"] == OK for row in report):
-            atomic_write_csv(path, REPORT_FIELDS, report)
-        else:  # a re-run that segmented nothing new writes nothing, not even the report
-            logger.info("no new mask written; %s left as it was", path)
-        return report
-
-    def finish(self, engine: Engine) -> None:
-        report = self.report()
-        counts = {status: sum(row["status"] == status for row in report) for status in (OK, SKIPPED)}
-        path = self.plan.output_dir / REPORT_NAME
-        errors = len(report) - sum(counts.values())
-        logger.info("%d ok, %d skipped, %d errors; report: %s", counts[OK], counts[SKIPPED], errors, path)
-        engine.state.report = report
-        self.finished = True
-        if not any(counts.values()):
-            raise RuntimeError(f"no input in {self.plan.dataset_dir} could be segmented; see {path}.")
-
-    def stopped(self, engine: Engine, error: BaseException) -> None:
-        """The run stopped on ``error``: report what was done, then raise it again."""
-        if not self.finished:
-            self.report()
-        raise error

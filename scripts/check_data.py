@@ -15,11 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bundle.data_check import check_dataset  # noqa: E402
+from bundle.data_check import check_dataset
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -46,14 +46,13 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
+from bundle.demo import make_demo_dataset
+from bundle.io import sha256_of
 from PIL import Image
+from scripts.write_large_files import SHIPPED
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 
-from bundle.demo import make_demo_dataset  # noqa: E402
-from bundle.io import sha256_of  # noqa: E402
-from scripts.write_large_files import SHIPPED  # noqa: E402
 
 MONAI_LABEL = "monailabel==0.8.5"
 # monailabel 0.8.5's declared dependencies (its wheel's METADATA) minus torchvision and sam2, with the pins it needs

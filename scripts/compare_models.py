@@ -42,18 +42,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from bundle.io import atomic_write, atomic_write_csv, atomic_write_json, atomic_write_text
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from monai.bundle import ConfigParser
+from scripts.bench.measure import cpu_model, markdown_table, measure_cost, measure_latency
+from scripts.bench.peers import LH_ENCODERS, MONAI_PEERS, peer_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 
-from benchmark import MONAI_PEERS, cpu_model, markdown_table, measure_cost, measure_latency  # noqa: E402
-from bundle.io import atomic_write, atomic_write_csv, atomic_write_json, atomic_write_text  # noqa: E402
 
 CONFIGS = REPO_ROOT / "configs"
-LH_ENCODERS = ("resnet34", "mobilenetv2")
 METRICS = ("dice", "iou", "precision", "recall", "hd95")
 LATENCY_ITERS = 20
 COLUMNS = (
@@ -380,9 +379,9 @@ class Comparison:
         if split != "test":
             overrides["eval_split"] = split
         if "network_def" in row.overlay:  # evaluate.json reads network_settings from LH-UTANet checkpoints only
-            size = [self.args.image_size, self.args.image_size]
-            overrides.update(in_channels=3, out_channels=1)
-            overrides["network_settings"] = {"in_channels": 3, "out_channels": 1, "image_size": size}
+            settings = peer_settings([self.args.image_size, self.args.image_size])
+            overrides.update(in_channels=settings["in_channels"], out_channels=settings["out_channels"])
+            overrides["network_settings"] = settings
         configs = self.configs(key, evaluate=True)
         run_logged(bundle_command(configs, overrides), run_dir / f"evaluate_{split}.log", self.args.train_threads)
         summary = json.loads((run_dir / split / "metrics_summary.json").read_text(encoding="utf-8"))

@@ -17,6 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from bundle.backends import load_network
+from bundle.checkpoints import read_network_settings
+from bundle.data import SPLIT_KEYS
+from bundle.io import atomic_write, atomic_write_csv
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from monai.bundle import ConfigParser
@@ -24,12 +28,7 @@ from monai.data import DataLoader, Dataset
 from torch import nn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 
-from bundle.backends import load_network  # noqa: E402
-from bundle.checkpoints import read_network_settings  # noqa: E402
-from bundle.data import SPLIT_KEYS  # noqa: E402
-from bundle.io import atomic_write, atomic_write_csv  # noqa: E402
 
 CONFIG = REPO_ROOT / "configs" / "train.json"
 CSV_NAME, PNG_NAME = "expert_usage.csv", "expert_usage.png"

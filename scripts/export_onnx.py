@@ -10,16 +10,13 @@ Usage (from the repository root):
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from bundle.backends import export_onnx, load_network
 from monai.bundle import ConfigParser
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-from bundle.backends import export_onnx, load_network  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -26,12 +26,10 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+import yaml
+from bundle.io import atomic_write, atomic_write_text, sha256_of
 
-import yaml  # noqa: E402
-from bundle.io import sha256_of  # noqa: E402
-from bundle.io import atomic_write, atomic_write_text  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 BUNDLE_NAME = "lh_utanet"
 MODEL_ZOO_NAME = "polyp_colonoscopy_segmentation"  # the model zoo names bundles by target, data type and task

@@ -12,10 +12,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bundle.data import find_image_mask_pairs, split_pairs  # noqa: E402
-from bundle.io import atomic_write_json  # noqa: E402
+from bundle.data import find_image_mask_pairs, split_pairs
+from bundle.io import atomic_write_json
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -4,7 +4,7 @@ The files ship in this repository (no download URL). Run it after replacing any 
 checks that the hashes match the files.
 
 Usage (from the repository root):
-    python scripts/write_large_files.py [--files models/model.pt models/stage1/model.pt models/model.ts]
+    python scripts/write_large_files.py [--files models/model.pt models/stage1/model.pt models/model.ts models/model.int8.onnx]
 """
 
 from __future__ import annotations
@@ -15,13 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
+from bundle.io import atomic_write_text, sha256_of
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 
-from bundle.io import atomic_write_text, sha256_of  # noqa: E402
 
-SHIPPED = ("models/model.pt", "models/stage1/model.pt", "models/model.ts")
+SHIPPED = ("models/model.pt", "models/stage1/model.pt", "models/model.ts", "models/model.int8.onnx")
 SIZE_CAP_MB = 25  # the MONAI model zoo's limit per file
 HEADER = "# Weights shipped in this repository, with their sha256. Written by scripts/write_large_files.py.\n"
 

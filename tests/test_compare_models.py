@@ -5,16 +5,12 @@ from __future__ import annotations
 import csv
 import json
 import math
-import sys
 
 import numpy as np
 import pytest
+from scripts import compare_models
 
-from tests.helpers import REPO_ROOT, write_pair
-
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
-
-import compare_models  # noqa: E402
+from tests.helpers import write_pair
 
 
 def make_half_images_dataset(folder, count: int = 48, shape: tuple[int, int] = (48, 64)):

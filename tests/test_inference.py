@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from bundle.inference import postprocess_mask
 from bundle.networks import LightweightHierarchicalUTANet
+from bundle.postprocessing import postprocess_mask
 from bundle.transforms import AntialiasedResized
 from monai.bundle import ConfigParser, ckpt_export
 from monai.data import MetaTensor

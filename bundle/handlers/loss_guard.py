@@ -9,16 +9,17 @@ from monai.utils import CommonKeys
 
 
 class StopOnNonFiniteLoss:
-    """Raises FloatingPointError when the training loss is NaN or infinite, before backward and the optimizer step.
+    """Raises FloatingPointError when the training loss is NaN or infinite, before the optimizer step.
 
-    It runs at MONAI's ``LOSS_COMPLETED`` (attach it after ``MoEBalanceLossHandler``, which adds to the
-    loss), so no non-finite update reaches the weights and nothing is saved after it: the best model and
-    the resume checkpoint of the last completed epoch stay as they were, and ``monai.bundle run`` exits
-    non-zero. ignite's ``TerminateOnNan`` checks after the step and ends the run as completed (exit code 0).
+    It runs at MONAI's ``BACKWARD_COMPLETED``, after every ``LOSS_COMPLETED`` handler has added its term (the
+    MoE balance loss), whatever the handler order, and before ``optimizer.step()``: no non-finite update reaches
+    the weights and nothing is saved after it. The best model and the resume checkpoint of the last completed
+    epoch stay as they were, and ``monai.bundle run`` exits non-zero. ignite's ``TerminateOnNan`` checks after the
+    step and ends the run as completed (exit code 0).
     """
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(IterationEvents.LOSS_COMPLETED, self)
+        engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
         loss = engine.state.output[CommonKeys.LOSS]

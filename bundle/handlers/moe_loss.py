@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 HISTORY_KEY = "moe_usage_history"  # engine.state attribute: the records of moe_usage.json, one per epoch
 
 COLLAPSE_REMEDIES = (
-    "the seed's remedies: raise moe_loss_weight (lambda, e.g. 0.02-0.1), add training data, check the gate "
+    "the reference design's remedies: raise moe_loss_weight (lambda, e.g. 0.02-0.1), add training data, check the gate "
     "initialisation, and make sure stage 1 was trained before the MoE (end-to-end training can collapse)."
 )
 
@@ -32,7 +32,8 @@ class MoEBalanceLossHandler:
     """Adds ``loss_weight * network.balance_loss`` to the trainer's loss before backward; logs expert usage.
 
     MONAI's SupervisedTrainer fires ``LOSS_COMPLETED`` between computing the loss and calling
-    ``backward()``, so the sum is what gets differentiated. Every epoch it stores, in
+    ``backward()``, so the sum is what gets differentiated. At the last iteration of every epoch (before any
+    ``EPOCH_COMPLETED`` handler, so its place in ``train#handlers`` does not matter) it stores, in
     ``engine.state.metrics`` (picked up by StatsHandler and TensorBoardStatsHandler), the mean balance
     term as ``moe_balance_loss`` and each gate's share of gate mass per expert as
     ``moe_usage/gate{g}/{expert}``; it writes the history to ``output_dir/moe_usage.json`` and warns when
@@ -46,7 +47,7 @@ class MoEBalanceLossHandler:
     all the data; only rank 0 warns and writes ``moe_usage.json``. Without a process group the sums are no-ops.
 
     Args:
-        loss_weight: lambda; the seed recommends 0.005-0.02 (allowed 0.001-0.1), 0 only monitors.
+        loss_weight: lambda; the LH-UTANet reference design recommends 0.005-0.02 (allowed 0.001-0.1), 0 only monitors.
         output_dir: folder for ``moe_usage.json``; None writes nothing.
         collapse_threshold: share of a gate's mass above which one expert counts as collapsed.
     """
@@ -71,7 +72,11 @@ class MoEBalanceLossHandler:
         engine.state_dict_user_keys.append(HISTORY_KEY)
         engine.add_event_handler(IterationEvents.LOSS_COMPLETED, self.add_balance_loss)
         engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self._reset())
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+        engine.add_event_handler(Events.ITERATION_COMPLETED(event_filter=self.is_last_iteration), self.epoch_completed)
+
+    @staticmethod
+    def is_last_iteration(engine: Engine, iteration: int) -> bool:
+        return engine.state.epoch_length is not None and iteration % engine.state.epoch_length == 0
 
     def has_moe(self, engine: Engine) -> bool:
         return bool(getattr(unwrap(engine.network), "gate_weights", None))

@@ -18,11 +18,21 @@ from bundle.handlers.moe_loss import unwrap
 from bundle.io import atomic_write
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
+from monai.handlers import LrScheduleHandler, ValidationHandler
 from monai.transforms import Randomizable, Transform
 
 logger = logging.getLogger(__name__)
 
 TRAINER_KEY, GRAD_SCALER_KEY = "trainer", "grad_scaler"
+EPOCH_STATE_HANDLERS = (LrScheduleHandler, ValidationHandler)  # change state at EPOCH_COMPLETED
+
+
+def handler_owner(handler: Any) -> Any:
+    """The object behind an ignite event handler: the instance of a bound method or callable, unwrapped from
+    ignite's filtered-event wrapper (``_parent``)."""
+    parent = getattr(handler, "_parent", None)
+    handler = parent() if parent is not None else handler
+    return getattr(handler, "__self__", handler)
 
 
 class Stateful(Protocol):
@@ -168,7 +178,8 @@ class ResumeCheckpoint:
     (:func:`check_resume`), so an interrupted run is never overwritten. In a distributed run every rank
     loads and rank 0 saves.
 
-    Attach it after the handlers that change state at the end of an epoch (LR schedule, validation).
+    It must come after the handlers that change state at the end of an epoch (``EPOCH_STATE_HANDLERS``: the LR
+    schedule and validation) in ``train#handlers``; the trainer's start raises ValueError naming both otherwise.
 
     Args:
         path: the checkpoint file (id ``resume_ckpt``).
@@ -185,10 +196,22 @@ class ResumeCheckpoint:
         self.resume = check_resume(self.path, resume)
 
     def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.check_order)
         if self.resume:
             engine.add_event_handler(Events.STARTED, self.load)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.save)
         engine.add_event_handler(Events.COMPLETED, self.remove)
+
+    def check_order(self, engine: Engine) -> None:
+        """Raise unless every ``EPOCH_STATE_HANDLERS`` handler runs before :meth:`save` at ``EPOCH_COMPLETED``."""
+        owners = [handler_owner(handler) for handler, *_ in engine._event_handlers[Events.EPOCH_COMPLETED]]
+        later = [owner for owner in owners[owners.index(self) + 1 :] if isinstance(owner, EPOCH_STATE_HANDLERS)]
+        if later:
+            raise ValueError(
+                f"{type(later[0]).__name__} comes after ResumeCheckpoint in train#handlers, so the resume checkpoint "
+                f"would miss what it changes at the end of an epoch: list {type(later[0]).__name__} before "
+                "ResumeCheckpoint."
+            )
 
     def _objects(self, engine: Engine) -> dict[str, Stateful]:
         scaler = getattr(engine, "scaler", None)

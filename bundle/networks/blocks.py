@@ -84,7 +84,7 @@ class LightweightASPP(nn.Module):
     Args:
         in_channels: input channels (the deepest encoder feature).
         out_channels: channels of every branch and of the output.
-        atrous_rates: dilation of each depthwise-separable branch; the seed uses (6, 12).
+        atrous_rates: dilation of each depthwise-separable branch; the LH-UTANet reference design uses (6, 12).
     """
 
     def __init__(self, in_channels: int, out_channels: int, atrous_rates: Sequence[int] = (6, 12)) -> None:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from .blocks import LightweightASPP, LightweightUpBlock
-from .encoders import build_encoder, load_encoder_weights
+from .encoders import ENCODERS, build_encoder, load_encoder_weights
 from .moe import HierarchicalMoE, is_exporting
 
 
@@ -46,31 +46,31 @@ class LightweightDecoder(nn.Module):
 class LightweightHierarchicalUTANet(nn.Module):
     """Lightweight Hierarchical UTANet for 2D segmentation. (B, in_channels, H, W) -> logits (B, out_channels, H, W).
 
-    H and W must be multiples of 32, the encoder's total stride. Stage 1 (``use_moe=False``) feeds the
-    encoder skips straight to the decoder; stage 2 (``use_moe=True``) refines them with a
+    H and W must be multiples of the encoder's ``output_stride`` (32 for every registered encoder). Stage 1
+    (``use_moe=False``) feeds the encoder skips straight to the decoder; stage 2 (``use_moe=True``) refines them with a
     :class:`HierarchicalMoE`. Both stages share parameter names, so a stage-1 state_dict loads into
     stage 2 with only the ``moe.*`` keys missing.
 
     ``forward`` returns the logits Tensor (no sigmoid/softmax). The balance loss of the latest forward
     is kept in ``self.balance_loss`` (0 in stage 1) and the detached gate weights in
-    ``self.gate_weights`` for training handlers. ``return_balance_loss=True`` gives the seed's call
-    style ``logits, moe_loss = model(x)`` in eager mode.
+    ``self.gate_weights`` for training handlers. The reference design's call style
+    ``logits, moe_loss = model(x)`` lives in :mod:`bundle.networks.compat`.
 
     Args:
         in_channels: image channels (1 or more).
         out_channels: 1 for binary segmentation (sigmoid), N for N-class (softmax).
-        encoder: "resnet34" (MONAI ResNet, torchvision layout) or "mobilenetv2" (width 1.0).
+        encoder: a registered encoder (``bundle.networks.ENCODERS``): "resnet34" (MONAI ResNet, torchvision
+            layout), "mobilenetv2" (width 1.0) or "efficientnet-b0" (MONAI EfficientNet).
         use_moe: stage 2: route the skips through the hierarchical MoE.
-        top_k: experts mixed per gate and sample, 1..4.
+        top_k: experts mixed per gate and sample, 1..4 (stage 2; unused, and may be None, in stage 1).
         emb_size: channels of the fused map the MoE experts work on.
         moe_fusion_index: skip whose resolution the MoE runs at (0: H/2, 1: H/4, 2: H/8, 3: H/16); default:
-            the encoder's choice (resnet34: 2, mobilenetv2: 3).
+            the encoder's registry entry (resnet34: 2, mobilenetv2 and efficientnet-b0: 3).
         aspp_rates: dilations of the ASPP's depthwise-separable branches.
         aspp_channels: ASPP output channels; default: the deepest skip's channels.
         decoder_channels: five up-block widths, deepest first; default: the skip widths, deepest first,
             then 16 for the full-resolution block (memory-bound on CPU: 32 channels cost ~15 ms more at 224²).
         encoder_weights: optional path to a local torchvision-format ImageNet state_dict for the encoder.
-        return_balance_loss: return ``(logits, balance_loss)`` in eager mode (seed compatibility).
     """
 
     gate_weights: list[torch.Tensor]  # class-level, so that TorchScript knows the type of the empty list
@@ -81,20 +81,19 @@ class LightweightHierarchicalUTANet(nn.Module):
         out_channels: int = 1,
         encoder: str = "resnet34",
         use_moe: bool = False,
-        top_k: int = 2,
+        top_k: int | None = 2,
         emb_size: int = 64,
         moe_fusion_index: int | None = None,
         aspp_rates: Sequence[int] = (6, 12),
         aspp_channels: int | None = None,
         decoder_channels: Sequence[int] | None = None,
         encoder_weights: str | os.PathLike | None = None,
-        return_balance_loss: bool = False,
     ) -> None:
         super().__init__()
-        self.total_stride = 32
         if in_channels < 1 or out_channels < 1:
             raise ValueError(f"in_channels and out_channels must be >= 1, got {in_channels} and {out_channels}.")
         self.encoder = build_encoder(encoder, in_channels)
+        self.total_stride = int(self.encoder.output_stride)
         if encoder_weights:
             load_encoder_weights(self.encoder, encoder_weights)
         *skip_channels, bottom_channels = self.encoder.out_channels
@@ -103,12 +102,11 @@ class LightweightHierarchicalUTANet(nn.Module):
             decoder_channels = [*reversed(skip_channels), 16]
         self.bottleneck = LightweightASPP(bottom_channels, aspp_channels, aspp_rates)
         if moe_fusion_index is None:
-            moe_fusion_index = self.encoder.moe_fusion_index
+            moe_fusion_index = ENCODERS[encoder].moe_fusion_index
         self.moe = HierarchicalMoE(skip_channels, emb_size, top_k, moe_fusion_index) if use_moe else None
         self.decoder = LightweightDecoder(aspp_channels, skip_channels, decoder_channels)
         self.head = nn.Conv2d(decoder_channels[-1], out_channels, kernel_size=1)
         self.use_moe = use_moe
-        self.return_balance_loss = return_balance_loss
         self.balance_loss = torch.zeros(())
         self.gate_weights = []
 
@@ -130,31 +128,11 @@ class LightweightHierarchicalUTANet(nn.Module):
         if self.moe is not None:
             skips, balance, gate_weights = self.moe(skips)
         logits = self.head(self.decoder(self.bottleneck(bottom), skips))
-        if not torch.jit.is_scripting():
+        if not torch.jit.is_scripting():  # nested: TorchScript compiles both operands of an ``and``
             if not is_exporting():
                 self.balance_loss = balance
                 self.gate_weights = [weights.detach() for weights in gate_weights]
-            if self.return_balance_loss:
-                return logits, balance  # type: ignore[return-value]
         return logits
-
-
-def lightweight_hierarchical_utanet(
-    input_channel: int = 3, num_classes: int = 1, pretrained: bool = True, use_mobilenet: bool = False, **kwargs
-) -> LightweightHierarchicalUTANet:
-    """The seed's factory: ``output, moe_loss = lightweight_hierarchical_utanet(...)(x)``.
-
-    As in the seed, ``pretrained`` switches the MoE on (stage 2); it does not load ImageNet weights
-    (use ``encoder_weights=PATH`` for that). Extra keyword arguments go to the class.
-    """
-    kwargs.setdefault("return_balance_loss", True)
-    return LightweightHierarchicalUTANet(
-        in_channels=input_channel,
-        out_channels=num_classes,
-        encoder="mobilenetv2" if use_mobilenet else "resnet34",
-        use_moe=pretrained,
-        **kwargs,
-    )
 
 
 LHUTANet = LightweightHierarchicalUTANet

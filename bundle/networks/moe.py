@@ -34,7 +34,7 @@ def cv_squared(usage: torch.Tensor) -> torch.Tensor:
     """Squared coefficient of variation ``var / (mean² + 1e-10)`` of a (num_experts,) usage vector.
 
     0 when usage is uniform; grows as the usage concentrates on few experts (unbiased variance, as in
-    the seed's ``usage.var()``).
+    the reference design's ``usage.var()``).
     """
     usage = usage.float()
     return usage.var() / (usage.mean() ** 2 + 1e-10)

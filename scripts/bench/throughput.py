@@ -1,0 +1,126 @@
+"""The throughput suite: images/s of the folder inference command (``configs/inference.json`` -> ``evaluator.run()``)
+on the 100 Kvasir-SEG test JPGs, for LH-UTANet and MONAI peers through the same pipeline
+(``docs/benchmark_throughput.md``)."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.bundle import ConfigParser
+
+from .latency import ROWS as NETWORK_ROWS
+from .measure import Budget, Results, Row, budget_table, build, markdown_table, rounds_cell, value_cell
+from .peers import MONAI_PEERS, peer_settings
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+KVASIR = REPO_ROOT.parent / "shared" / "data" / "kvasir-seg"
+INFERENCE_CONFIG = REPO_ROOT / "configs" / "inference.json"
+IMAGE_SIZE = [128, 128]  # the shipped model's
+
+
+@dataclass(frozen=True)
+class PipelineRow:
+    """A network of the latency suite (its random checkpoint) run through inference.json with ``overrides``."""
+
+    network: str  # latency-suite row key
+    label: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def _peer(key: str) -> dict[str, Any]:
+    return {"network_def": MONAI_PEERS[key].network_def(), "network_settings": peer_settings(IMAGE_SIZE)}
+
+
+PIPELINES: dict[str, PipelineRow] = {
+    "lh-mobilenetv2-moe": PipelineRow("lh-mobilenetv2-moe", "default (auto: ORT, TTA flips+scales)"),
+    "lh-mobilenetv2-moe-notta": PipelineRow("lh-mobilenetv2-moe", "auto (ORT), --tta none", {"tta": "none"}),
+    "lh-mobilenetv2-moe-torch": PipelineRow(
+        "lh-mobilenetv2-moe", "--backend torch --tta none (0.3.0's default)", {"backend": "torch", "tta": "none"}
+    ),
+    "lh-resnet34-moe": PipelineRow("lh-resnet34-moe", "default (auto: ORT, TTA flips+scales)"),
+    "lh-resnet34-moe-notta": PipelineRow("lh-resnet34-moe", "auto (ORT), --tta none", {"tta": "none"}),
+    "unet-notta": PipelineRow("unet", "auto (ORT), --tta none", {**_peer("unet"), "tta": "none"}),
+    "flexibleunet-resnet34-notta": PipelineRow(
+        "flexibleunet-resnet34", "auto (ORT), --tta none", {**_peer("flexibleunet-resnet34"), "tta": "none"}
+    ),
+}
+
+ROWS: dict[str, Row] = {key: NETWORK_ROWS[pipeline.network] for key, pipeline in PIPELINES.items()}
+
+BUDGETS = (
+    Budget(
+        "mobilenetv2 + MoE, auto, --tta none: images/s", "lh-mobilenetv2-moe-notta", "images_per_s", 40.0, at_least=True
+    ),
+    Budget("resnet34 + MoE, auto, --tta none: images/s", "lh-resnet34-moe-notta", "images_per_s", 15.0, at_least=True),
+)
+
+
+def kvasir_test_images() -> list[Path]:
+    """The 100 Kvasir-SEG PraNet test JPGs (``pranet_test_names.txt``), sorted."""
+    names = (KVASIR / "pranet_test_names.txt").read_text(encoding="utf-8").split()
+    return sorted(KVASIR / "images" / (name if Path(name).suffix else f"{name}.jpg") for name in names)
+
+
+def inference_settings() -> dict[str, Any]:
+    """The inference.json settings the suite keeps."""
+    config = json.loads(INFERENCE_CONFIG.read_text(encoding="utf-8"))
+    return {key: config[key] for key in ("batch_size", "num_workers", "tta", "tta_scales")}
+
+
+def measure_throughput(key: str) -> float:
+    """Images/s of inference.json's ``evaluator`` on the Kvasir-SEG test JPGs, for pipeline row ``key``.
+
+    Builds a random checkpoint of the row's network, links the images into a temporary folder and times the
+    whole run (worker start, ONNX export into a fresh cache, decode, resize, model, inversion, post-processing,
+    writing).
+    """
+    pipeline = PIPELINES[key]
+    with tempfile.TemporaryDirectory(prefix="throughput-") as tmp:
+        images, output, ckpt = Path(tmp) / "images", Path(tmp) / "predictions", Path(tmp) / "model.pt"
+        images.mkdir()
+        for source in kvasir_test_images():
+            (images / source.name).symlink_to(source.resolve())
+        torch.save(build(ROWS[key]).state_dict(), ckpt)
+        parser = ConfigParser()
+        parser.read_config(str(INFERENCE_CONFIG))
+        parser.update(
+            {
+                "dataset_dir": str(images),
+                "output_dir": str(output),
+                "ckpt_path": str(ckpt),
+                "onnx_cache_dir": str(Path(tmp) / "onnx"),
+                "image_size": IMAGE_SIZE,
+                "device": "$torch.device('cpu')",
+                **pipeline.overrides,
+            }
+        )
+        start = time.perf_counter()
+        evaluator = parser.get_parsed_content("evaluator")
+        evaluator.run()
+        seconds = time.perf_counter() - start
+        report = evaluator.state.report
+    failed = [row["path"] for row in report if row["status"] != "ok"]
+    if failed:
+        raise RuntimeError(f"{len(failed)} image(s) not segmented, e.g. {failed[0]}")
+    return len(report) / seconds
+
+
+def results_section(results: Results, rounds: dict[tuple[str, str], list[float]], size: int) -> tuple[str, int]:
+    """Results and Budgets sections; also return the number of failed budgets."""
+    header = ["Model", "Pipeline", "Params (M)", "Images/s", "ms / image", "× UNet (--tta none)", "Per-round images/s"]
+    body = []
+    for key, result in results.items():
+        ips, times = result["images_per_s"], rounds[key, "pipeline"]
+        ref = results.get("unet-notta", {}).get("images_per_s")
+        body.append(
+            [ROWS[key].name, PIPELINES[key].label, f"{result['params_m']:.2f}", value_cell(ips, times)]
+            + [f"{1e3 / ips:.0f}", f"{ips / ref:.2f}" if ref else "—", rounds_cell(times)]
+        )
+    budgets, failures = budget_table(BUDGETS, results)
+    return f"## Results\n\n{markdown_table(header, body)}\n\n{budgets}", failures
