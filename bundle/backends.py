@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from torch import nn
 
@@ -34,6 +35,14 @@ def load_network(network: nn.Module, ckpt_path: str | os.PathLike) -> nn.Module:
         needed = " ".join(f"--{key} {settings[key]}" for key in SHAPE_SETTINGS)
         raise ValueError(f"{ckpt_path} does not fit network_def; it needs: {needed}.\n{error}") from error
     return network.eval()
+
+
+def network_for_checkpoint(config: ConfigParser, ckpt_path: str | os.PathLike) -> tuple[nn.Module, dict[str, object]]:
+    """The network that ``config``'s ``network_def`` (inference.json's) builds for ``ckpt_path``, from the checkpoint's
+    ``network_settings``, with the weights loaded (eval mode); and those settings."""
+    config["ckpt_path"] = str(Path(ckpt_path).absolute())
+    settings = config.get_parsed_content("network_settings")
+    return load_network(config.get_parsed_content("network_def"), ckpt_path), settings
 
 
 class Predictor(nn.Module):

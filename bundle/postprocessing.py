@@ -40,28 +40,16 @@ def postprocess_mask(
 
 
 class BinaryMaskd(MapTransform):
-    """(1, H, W) foreground probabilities -> (1, H, W) float {0, 1} mask by :func:`postprocess_mask`.
+    """(1, H, W) foreground probabilities -> (1, H, W) float {0, 1} mask by :func:`postprocess_mask`, with
+    ``options`` (``threshold``, ``keep_largest_component``, ``fill_holes``, ``min_component_size``) passed to it.
 
     The probabilities are kept under ``prob_key``.
     """
 
-    def __init__(
-        self,
-        keys: KeysCollection,
-        threshold: float = 0.5,
-        keep_largest_component: bool = False,
-        fill_holes: bool = False,
-        min_component_size: int = 0,
-        prob_key: str = "prob",
-    ) -> None:
+    def __init__(self, keys: KeysCollection, prob_key: str = "prob", **options: float | bool) -> None:
         super().__init__(keys)
-        self.options = {
-            "threshold": threshold,
-            "keep_largest_component": keep_largest_component,
-            "fill_holes": fill_holes,
-            "min_component_size": min_component_size,
-        }
-        self.prob_key = prob_key
+        postprocess_mask(np.zeros((1, 1), np.float32), **options)  # unknown options fail here, not per image
+        self.options, self.prob_key = options, prob_key
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)

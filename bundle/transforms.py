@@ -17,7 +17,8 @@ import torch
 from monai.config import KeysCollection
 from monai.data import ImageReader, NibabelReader, PILReader
 from monai.data.utils import is_supported_format
-from monai.transforms import GaussianSmooth, MapTransform, Resized
+from monai.networks.layers.convutils import gaussian_1d
+from monai.transforms import MapTransform, Resized
 from monai.utils import ImageMetaKey, MetaKeys
 
 from .formats import JPEG_SUFFIXES
@@ -163,15 +164,25 @@ _RESIZE_BLOCK = 32  # output rows/columns per block of the banded resize matrice
 def antialiased_resize_matrix(length: int, size: int) -> torch.Tensor:
     """(size, length) float32 matrix of MONAI's 1D anti-aliased bilinear downsampling from ``length`` to ``size``.
 
-    The operator of ``Resize(mode="bilinear", anti_aliasing=True)`` along one axis: its Gaussian
-    (``GaussianSmooth``, sigma ``(length / size - 1) / 2``, zero padding) then ``interpolate`` (linear,
-    ``align_corners=False``), both applied to the identity, so that it is exactly theirs.
+    The operator of ``Resize(mode="bilinear", anti_aliasing=True)`` along one axis: its Gaussian (``GaussianSmooth``:
+    ``gaussian_1d`` kernel, sigma ``(length / size - 1) / 2``, zero padding), then ``interpolate`` (linear,
+    ``align_corners=False``: output ``o`` reads source ``(o + 0.5) * length / size - 0.5``, clamped at 0, from its
+    two neighbours). Built row by row from the kernel's taps, so that it is theirs up to float rounding.
     """
-    factor = torch.div(torch.Tensor([length]), torch.Tensor([size]))
-    sigma = torch.maximum(torch.zeros(factor.shape), (factor - 1) / 2).tolist()
-    smoothed = GaussianSmooth(sigma=sigma)(torch.eye(length))  # row i: the smoothed unit impulse at i
-    linear = torch.nn.functional.interpolate(smoothed[:, None], size=size, mode="linear", align_corners=False)
-    return linear[:, 0].T.contiguous()
+    sigma = torch.tensor(max(0.0, (length / size - 1) / 2))
+    kernel = gaussian_1d(sigma, truncated=4.0, approx="erf")  # (2r + 1,)
+    taps, radius = kernel.numel(), kernel.numel() // 2
+    source = ((torch.arange(size, dtype=torch.float64) + 0.5) * (length / size) - 0.5).clamp(min=0)
+    left = source.floor().long()
+    right = (left + 1).clamp(max=length - 1)
+    right_weight = (source - left).float()[:, None]
+    columns = torch.arange(length)[None, :]
+
+    def smoothed_at(centres: torch.Tensor) -> torch.Tensor:  # (size, length): the smoothed image read at centres
+        offsets = centres[:, None] - columns + radius
+        return torch.where((offsets >= 0) & (offsets < taps), kernel[offsets.clamp(0, taps - 1)], torch.zeros(()))
+
+    return ((1 - right_weight) * smoothed_at(left) + right_weight * smoothed_at(right)).contiguous()
 
 
 def _apply_banded(matrix: torch.Tensor, image: torch.Tensor) -> torch.Tensor:

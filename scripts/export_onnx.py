@@ -13,7 +13,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from bundle.backends import export_onnx, load_network
+from bundle.backends import export_onnx, network_for_checkpoint
 from monai.bundle import ConfigParser
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -27,9 +27,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     config = ConfigParser()
     config.read_config(args.config_file)
-    config["ckpt_path"] = str(Path(args.ckpt_file).absolute())
-    settings = config.get_parsed_content("network_settings")
-    network = load_network(config.get_parsed_content("network_def"), args.ckpt_file)
+    network, settings = network_for_checkpoint(config, args.ckpt_file)
     export_onnx(network, args.filepath, settings["image_size"], settings["in_channels"])
     print(f"exported {args.ckpt_file} to {Path(args.filepath).resolve()}")
 

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-from bundle.backends import export_onnx, load_network
+from bundle.backends import export_onnx, network_for_checkpoint
 from bundle.data import load_datalist
 from bundle.io import atomic_write
 from monai.bundle import ConfigParser
@@ -93,9 +93,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(f"error: {args.output} exists; nothing is overwritten (choose another --output)")
     config = ConfigParser()
     config.read_config(args.config_file)
-    config["ckpt_path"] = str(Path(args.ckpt_file).absolute())
-    settings = config.get_parsed_content("network_settings")
-    network = load_network(config.get_parsed_content("network_def"), args.ckpt_file)
+    network, settings = network_for_checkpoint(config, args.ckpt_file)
     calibration = calibration_batches(config, args.dataset_dir, args.num_images, args.seed)
     with tempfile.TemporaryDirectory(prefix="quantize-") as tmp:
         fp32 = Path(tmp) / "model.onnx"

@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 from monai.bundle import ConfigWorkflow
+from monai.engines import SupervisedTrainer
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -83,3 +85,16 @@ def bundle_run_arguments(config_files: list[str | Path], **overrides) -> list[st
     for key, value in overrides.items():
         command += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
     return command
+
+
+def tiny_trainer(network: torch.nn.Module, batches: list[dict], handlers: list, lr: float = 0.1) -> SupervisedTrainer:
+    """A one-epoch MONAI SupervisedTrainer on ``batches`` (SGD, BCE with logits) with ``handlers``."""
+    return SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=batches,
+        network=network,
+        optimizer=torch.optim.SGD(network.parameters(), lr=lr),
+        loss_function=torch.nn.BCEWithLogitsLoss(),
+        train_handlers=handlers,
+    )

@@ -7,22 +7,16 @@ import torch
 from bundle.handlers import MoEBalanceLossHandler, ResumeCheckpoint, StopOnNonFiniteLoss
 from bundle.networks import LightweightHierarchicalUTANet
 from ignite.engine import Events
-from monai.engines import SupervisedEvaluator, SupervisedTrainer
+from monai.engines import SupervisedEvaluator
 from monai.handlers import ValidationHandler
 
+from tests.helpers import tiny_trainer
 
-def trainer(network: torch.nn.Module, handlers: list, iterations: int = 2) -> SupervisedTrainer:
+
+def trainer(network: torch.nn.Module, handlers: list):
     torch.manual_seed(0)
-    data = [{"image": torch.rand(2, 3, 32, 32), "label": torch.rand(2, 1, 32, 32).round()} for _ in range(iterations)]
-    return SupervisedTrainer(
-        device=torch.device("cpu"),
-        max_epochs=1,
-        train_data_loader=data,
-        network=network,
-        optimizer=torch.optim.SGD(network.parameters(), lr=0.1),
-        loss_function=torch.nn.BCEWithLogitsLoss(),
-        train_handlers=handlers,
-    )
+    data = [{"image": torch.rand(2, 3, 32, 32), "label": torch.rand(2, 1, 32, 32).round()} for _ in range(2)]
+    return tiny_trainer(network, data, handlers)
 
 
 def test_non_finite_moe_term_is_caught_with_the_moe_handler_after_the_guard():

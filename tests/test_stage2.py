@@ -12,9 +12,8 @@ from bundle.demo import make_demo_dataset
 from bundle.finetune import freeze_except
 from bundle.handlers import MoEBalanceLossHandler
 from bundle.networks import LightweightHierarchicalUTANet
-from monai.engines import SupervisedTrainer
 
-from tests.helpers import FAST, REPO_ROOT, run_bundle
+from tests.helpers import FAST, REPO_ROOT, run_bundle, tiny_trainer
 
 
 def stage1_checkpoint(folder, encoder="mobilenetv2"):
@@ -55,16 +54,7 @@ def one_training_iteration(loss_weight: float, collapse_gate: bool = False) -> L
         torch.nn.init.zeros_(network.moe.gates[0].logits.weight)
         network.moe.gates[0].logits.bias.data = torch.tensor([9.0, 5.0, 0.0, 0.0])  # "small" gets ~98%
     batch = [{"image": torch.randn(4, 3, 64, 64), "label": (torch.rand(4, 1, 64, 64) > 0.5).float()}]
-    trainer = SupervisedTrainer(
-        device=torch.device("cpu"),
-        max_epochs=1,
-        train_data_loader=batch,
-        network=network,
-        optimizer=torch.optim.SGD(network.parameters(), lr=0.0),
-        loss_function=torch.nn.BCEWithLogitsLoss(),
-        train_handlers=[MoEBalanceLossHandler(loss_weight=loss_weight)],
-    )
-    trainer.run()
+    tiny_trainer(network, batch, [MoEBalanceLossHandler(loss_weight=loss_weight)], lr=0.0).run()
     return network
 
 
@@ -90,15 +80,7 @@ def test_handler_leaves_networks_without_moe_alone(caplog):
 
     network = BasicUNet(spatial_dims=2, in_channels=3, out_channels=1, features=(4, 4, 8, 8, 16, 4))
     batch = {"image": torch.randn(2, 3, 32, 32), "label": (torch.rand(2, 1, 32, 32) > 0.5).float()}
-    trainer = SupervisedTrainer(
-        device=torch.device("cpu"),
-        max_epochs=1,
-        train_data_loader=[batch, batch],
-        network=network,
-        optimizer=torch.optim.SGD(network.parameters(), lr=0.0),
-        loss_function=torch.nn.BCEWithLogitsLoss(),
-        train_handlers=[MoEBalanceLossHandler(loss_weight=0.1)],
-    )
+    trainer = tiny_trainer(network, [batch, batch], [MoEBalanceLossHandler(loss_weight=0.1)], lr=0.0)
     with caplog.at_level(logging.INFO, logger="bundle.handlers.moe_loss"):
         trainer.run()
     with torch.no_grad():

@@ -77,3 +77,38 @@ def test_inference_runs_any_trained_checkpoint_with_only_its_folder(tmp_path, de
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: {run / 'model.pt'} does not fit --use_moe false")
+
+
+def test_a_newly_registered_encoder_trains_evaluates_and_exports(tmp_path, demo):
+    """EfficientNet-B0 (one module and one import line in bundle/networks/encoders/): both stages through the
+    configs, evaluation, TorchScript (MONAI ckpt_export) and ONNX export, with no other edit."""
+    import onnxruntime
+    import torch
+
+    run = tmp_path / "run"
+    train = {"bundle_root": str(tmp_path), "dataset_dir": str(demo), "ckpt_dir": str(run), "epochs": 1, **TINY}
+    run_bundle(["train.json"], encoder="efficientnet-b0", image_size=[64, 64], **train)
+    run_bundle(["train.json", "finetune_moe.json"], encoder="efficientnet-b0", image_size=[64, 64], **train)
+    ckpt = run / "model.pt"
+    settings = torch.load(ckpt, weights_only=True)["network_settings"]
+    assert settings["encoder"] == "efficientnet-b0" and settings["use_moe"] and settings["top_k"] == 2
+    evaluation = run_bundle(
+        ["train.json", "evaluate.json"], "infer", ckpt_path=str(ckpt), output_dir=str(tmp_path / "eval"), **train
+    )
+    assert 0.0 <= evaluation.parser.get_parsed_content("validate#evaluator").state.metrics["val_mean_dice"] <= 1.0
+
+    ts_path, onnx_path = tmp_path / "model.ts", tmp_path / "model.onnx"
+    export = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(ts_path)]
+    export += ["--ckpt_file", str(ckpt), "--key_in_ckpt", "model", "--meta_file", str(CONFIGS / "metadata.json")]
+    export += ["--config_file", str(CONFIGS / "inference.json"), "--ckpt_path", str(ckpt)]
+    onnx = [sys.executable, "scripts/export_onnx.py", "--ckpt_file", str(ckpt), "--filepath", str(onnx_path)]
+    for command in (export, onnx):
+        result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stderr[-2000:]
+    x = torch.rand(1, 3, 64, 64)
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    scripted = torch.jit.load(str(ts_path)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            torch.from_numpy(session.run(None, {"image": x.numpy()})[0]), scripted(x), atol=1e-4, rtol=1e-4
+        )

@@ -39,28 +39,16 @@ def backends_of(key: str) -> tuple[str, ...]:
 #: latency-ratio columns: (row key, backend) of the reference -> column header; each row uses its default CPU path
 RATIO_REFS = {("unet", "torch"): "default ÷ UNet torch", ("unet", "onnx"): "default ÷ UNet ORT"}
 
+FLEXIBLE = "flexibleunet-resnet34"
 BUDGETS = (
     Budget("resnet34 + MoE: GMACs", "lh-resnet34-moe", "gmacs", 5.8),
     Budget("resnet34 + MoE: params (M)", "lh-resnet34-moe", "params_m", 24.0),
-    Budget(
-        "resnet34 + MoE: torch latency / FlexibleUNet(resnet34) torch",
-        "lh-resnet34-moe",
-        "torch_ms",
-        1.0,
-        "flexibleunet-resnet34",
-    ),
+    Budget("resnet34 + MoE: torch / FlexibleUNet(resnet34) torch", "lh-resnet34-moe", "torch_ms", 1.0, FLEXIBLE),
     Budget("mobilenetv2 + MoE: GMACs", "lh-mobilenetv2-moe", "gmacs", 1.5),
     Budget("mobilenetv2 + MoE: params (M)", "lh-mobilenetv2-moe", "params_m", 4.0),
     Budget("mobilenetv2 + MoE: default CPU path (ORT), ms", "lh-mobilenetv2-moe", "onnx_ms", 10.0),
-    Budget(
-        "mobilenetv2 + MoE: default CPU path (ORT) / UNet torch",
-        "lh-mobilenetv2-moe",
-        "onnx_ms",
-        0.25,
-        "unet",
-        "torch_ms",
-    ),
-    Budget("mobilenetv2 + MoE: torch latency / UNet torch", "lh-mobilenetv2-moe", "torch_ms", 1.0, "unet"),
+    Budget("mobilenetv2 + MoE: default (ORT) / UNet torch", "lh-mobilenetv2-moe", "onnx_ms", 0.25, "unet", "torch_ms"),
+    Budget("mobilenetv2 + MoE: torch / UNet torch", "lh-mobilenetv2-moe", "torch_ms", 1.0, "unet"),
     *(
         Budget(f"{enc}: MoE torch latency / stage 1 (≤ 15% overhead)", f"lh-{enc}-moe", "torch_ms", 1.15, f"lh-{enc}")
         for enc in LH_ENCODERS
