@@ -55,6 +55,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = REPO_ROOT / "configs"
 METRICS = ("dice", "iou", "precision", "recall", "hd95")
 LATENCY_ITERS = 20
+TIME_BUDGET_EPOCHS = 10_000  # --minutes: the epoch limit no budgeted run reaches (bundle.handlers.TimeBudget ends it)
 COLUMNS = (
     "row",
     "network",
@@ -295,6 +296,8 @@ class Comparison:
             if not self.args.stage1_ckpt:
                 raise SystemExit(f"row {key} evaluates --stage1_ckpt; pass it.")
             return {**self.budget, "stage1_ckpt": str(Path(self.args.stage1_ckpt).resolve())}
+        if self.args.minutes:
+            return {**self.budget, "minutes": self.minutes(key), "train_threads": self.args.train_threads}
         if row.stage1_row is None:
             return {
                 **self.budget,
@@ -305,6 +308,16 @@ class Comparison:
         stage1 = {"stage1_ckpt": str(Path(self.args.stage1_ckpt).resolve())} if self.args.stage1_ckpt else {}
         epochs = {"epochs": self.args.epochs, "stage2_epochs": self.stage2_epochs(key)}
         return {**self.budget, **stage1, **epochs, "train_threads": self.args.train_threads}
+
+    def minutes(self, key: str) -> float:
+        """``--minutes``: the row's own training budget. A stage-2 row trains ``--stage2_minutes`` (default a quarter
+        of the budget) on its stage-1 row, which trains the rest, so that LH-UTANet with its stage 2 gets the
+        budget of a MONAI peer; LH-UTANet stage-1 rows therefore train ``minutes - stage2_minutes``."""
+        stage2 = self.args.stage2_minutes or self.args.minutes / 4
+        row = self.rows[key]
+        if row.stage1_row is not None:
+            return stage2
+        return self.args.minutes - stage2 if "encoder" in row.settings else self.args.minutes
 
     def stage2_epochs(self, key: str) -> int:
         return self.args.stage2_epochs * self.rows[key].epoch_factor
@@ -320,6 +333,15 @@ class Comparison:
             overlay = self.run_dir(key) / "overlay.json"
             atomic_write_json(overlay, row.overlay)
             configs.append(overlay)
+        if self.args.minutes and not evaluate:
+            budget = self.run_dir(key) / "time_budget.json"
+            handler = {
+                "_target_": "bundle.handlers.TimeBudget",
+                "minutes": self.minutes(key),
+                "optimizer": "@optimizer",
+            }
+            atomic_write_json(budget, {"+train#handlers": [handler]})
+            configs.append(budget)
         return configs
 
     def checkpoint(self, key: str) -> Path:
@@ -351,6 +373,8 @@ class Comparison:
             overrides.update(stage1_ckpt=str(self.stage1_checkpoint(key)), epochs=self.stage2_epochs(key))
         else:
             overrides["epochs"] = self.args.epochs
+        if self.args.minutes:
+            overrides["epochs"] = TIME_BUDGET_EPOCHS
         command = bundle_command(self.configs(key), overrides)
         minutes = run_logged(command, run_dir / "train.log", self.args.train_threads) / 60
         if row.stage1_row is not None and not self.args.stage1_ckpt:
@@ -465,6 +489,39 @@ def ablation_table(results: list[dict[str, Any]], rows: dict[str, CompareRow]) -
     return "## MoE ablations (stage 2 from the same stage-1 checkpoint)\n\n" + markdown_table(head, body)
 
 
+def budget_text(args: argparse.Namespace, test_images: int) -> str:
+    """The summary's budget paragraph: training budget, data, threads, evaluation and latency measurement."""
+    if args.minutes:
+        stage2 = args.stage2_minutes or args.minutes / 4
+        training = (
+            f"Budget: every network {args.minutes:g} wall-clock minutes of training (`bundle.handlers.TimeBudget`: "
+            "whole epochs, learning rate on a cosine over the time); LH-UTANet stage-2 rows spend "
+            f"{stage2:g} of them in stage 2 on a stage-1 run of {args.minutes - stage2:g} minutes (the stage-1 rows); "
+        )
+    elif args.stage1_ckpt:
+        training = f"Budget: stage 1 is the given checkpoint `{args.stage1_ckpt}` (not trained here); "
+    else:
+        training = (
+            f"Budget: every network {args.epochs} stage-1 epochs; stage-2 rows add {args.stage2_epochs} epochs "
+            + ("(recipe (b): twice that) " if args.study else "")
+            + "fine-tuning the stage-1 checkpoint, with the row's seed; "
+        )
+    subset = (
+        f"trained on {args.train_images} images (training + validation, validation split off them), "
+        if args.train_images
+        else ""
+    )
+    return (
+        training
+        + f"{args.image_size}×{args.image_size}, data split by seed {args.seed}, batch {args.batch_size}, {subset}"
+        + f"{args.train_threads} CPU thread(s) per training process. "
+        + f"Test metrics: `configs/evaluate.json` on the {test_images} test images at their original resolution "
+        + "(mean over images; HD95 in pixels). CPU latency: batch 1 at the training size, "
+        + f"{args.threads} thread(s), median of {LATENCY_ITERS} warm runs on {cpu_model()} ({platform.machine()}); "
+        + "train minutes are wall-clock on the same machine, including data caching and validation."
+    )
+
+
 def write_summary(
     results: list[dict[str, Any]], rows: dict[str, CompareRow], args: argparse.Namespace, command: str
 ) -> None:
@@ -499,31 +556,11 @@ def write_summary(
             for result in results
         ],
     )
-    threads = f"{args.threads} thread(s)"
     text = "\n\n".join(
         [
             f"# Model comparison on `{Path(args.dataset_dir).name}`",
             f"Command: `{command}`",
-            (
-                (
-                    f"Budget: stage 1 is the given checkpoint `{args.stage1_ckpt}` (not trained here); "
-                    if args.stage1_ckpt
-                    else f"Budget: every network {args.epochs} stage-1 epochs; "
-                )
-                + f"{args.image_size}×{args.image_size}, data split by seed {args.seed}, batch {args.batch_size}, "
-                + (
-                    f"trained on {args.train_images} images (training + validation, validation split off them), "
-                    if args.train_images
-                    else ""
-                )
-                + f"{args.train_threads} CPU thread(s) per training process; stage-2 rows add {args.stage2_epochs} epochs "
-                + ("(recipe (b): twice that) " if args.study else "")
-                + "fine-tuning the stage-1 checkpoint, with the row's seed. "
-                f"Test metrics: `configs/evaluate.json` on the {results[0]['test_images']} test images at their original "
-                "resolution (mean over images; HD95 in pixels). CPU latency: batch 1 at the training size, "
-                f"{threads}, median of {LATENCY_ITERS} warm runs on {cpu_model()} ({platform.machine()}); "
-                "train minutes are wall-clock on the same machine, including data caching and validation."
-            ),
+            budget_text(args, results[0]["test_images"]),
             table,
             medians,
             *filter(None, [ablation_table(results, rows), study_table(results, rows)]),
@@ -595,6 +632,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--image_size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=10, help="stage-1 epochs of every network")
     parser.add_argument("--stage2_epochs", type=int, default=5, help="stage-2 epochs of the MoE rows")
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        help="equal-time comparison: every network trains this many wall-clock minutes (LH-UTANet stage 1 + 2 "
+        "together), learning rate annealed over the time, instead of --epochs / --stage2_epochs",
+    )
+    parser.add_argument("--stage2_minutes", type=float, help="with --minutes: stage 2's share (default a quarter)")
     parser.add_argument("--val_interval", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch_size", type=int, default=16)

@@ -8,6 +8,8 @@ import math
 
 import numpy as np
 import pytest
+import torch
+from ignite.engine import Events
 from scripts import compare_models
 
 from tests.helpers import write_pair
@@ -120,3 +122,40 @@ def test_stage2_study_fine_tunes_the_given_checkpoint_and_tabulates_seeds(compar
     row = next(line for line in table if line.startswith("| (e)"))
     mean = sum(results[f"study-mobilenetv2-e-s{seed}"]["validation_dice_mean"] for seed in (0, 1)) / 2
     assert f"| 2 | {mean:.4f} ± " in row
+
+
+def test_equal_time_budget_splits_lh_utanet_stages_and_stops_on_time(comparison):
+    """--minutes: the stage-2 row trains a quarter of the budget on a stage-1 run of the rest; both stop on time."""
+    root, _ = comparison
+    argv = ["--dataset_dir", str(root / "data"), "--work_dir", str(root / "timed"), "--output", str(root / "tout")]
+    argv += ["--rows", "lh-mobilenetv2-moe", "--minutes", "0.2", "--image_size", "64"]
+    argv += ["--batch_size", "2", "--num_workers", "0", "--threads", "1"]
+    assert compare_models.main(argv) == 0
+    for key, minutes in (("lh-mobilenetv2", 0.15), ("lh-mobilenetv2-moe", 0.05)):
+        result = json.loads((root / "timed" / key / "result.json").read_text())
+        assert result["budget"]["minutes"] == pytest.approx(minutes)
+        log = (root / "timed" / key / "train.log").read_text()
+        assert "time budget:" in log, log[-2000:]  # stopped by the budget, long before TIME_BUDGET_EPOCHS
+    assert "every network 0.2 wall-clock minutes of training" in (root / "tout" / "results.md").read_text()
+
+
+def test_time_budget_anneals_the_learning_rate_and_ends_on_whole_epochs(monkeypatch):
+    """A fake clock advancing 1 s per iteration, 2 iterations per epoch, a 6 s budget: 3 whole epochs run."""
+    from bundle.handlers import TimeBudget, time_budget
+    from bundle.networks import LightweightHierarchicalUTANet
+
+    from tests.helpers import tiny_trainer
+
+    now = [0.0]
+    monkeypatch.setattr(time_budget.time, "perf_counter", lambda: now[0])
+    network = LightweightHierarchicalUTANet(encoder="mobilenetv2")
+    batch = {"image": torch.rand(2, 3, 64, 64), "label": torch.ones(2, 1, 64, 64)}
+    trainer = tiny_trainer(network, [batch, batch], [], lr=1.0)
+    rates = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: rates.append(e.optimizer.param_groups[0]["lr"]))
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: now.__setitem__(0, now[0] + 1.0))
+    TimeBudget(0.1, trainer.optimizer).attach(trainer)
+    trainer.state.max_epochs = 100
+    trainer.run()
+    assert trainer.state.iteration == 6
+    assert rates == pytest.approx([0.5 * (1 + math.cos(math.pi * t / 6)) for t in range(6)])

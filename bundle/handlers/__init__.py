@@ -1,7 +1,9 @@
-"""Ignite handlers of the bundle: metric reports, MoE balance loss, atomic checkpoints, resuming, loss guard."""
+"""Ignite handlers of the bundle: metric reports, MoE balance loss, atomic checkpoints, resuming, loss guard,
+time budget."""
 
 from .atomic_saver import AtomicCheckpointSaver
 from .loss_guard import StopOnNonFiniteLoss
 from .metrics_report import SegmentationMetricsWriter
 from .moe_loss import MoEBalanceLossHandler
 from .resume import EngineStateAttributes, RandomStates, ResumeCheckpoint, check_resume
+from .time_budget import TimeBudget
