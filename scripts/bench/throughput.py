@@ -111,6 +111,65 @@ def measure_throughput(key: str) -> float:
     return len(report) / seconds
 
 
+PROFILE_IMAGES = 20
+
+
+def stage_profile(threads: int) -> dict[str, float]:
+    """Milliseconds per image of each stage of inference.json, in one process with ``threads`` threads, on the
+    first PROFILE_IMAGES Kvasir-SEG test JPGs, with the shipped model (ONNX Runtime, backend auto): decode,
+    channels, resize, normalise, the model (one pass, batch 1), the default TTA inferer, inversion and
+    post-processing, and the PNG write. Each stage is timed on the previous one's outputs."""
+    from bundle.io import write_png
+    from bundle.tta import TTAInferer
+
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory(prefix="profile-") as tmp:
+        parser = ConfigParser()
+        parser.read_config(str(INFERENCE_CONFIG))
+        parser.update({"ckpt_path": str(REPO_ROOT / "models" / "model.pt"), "onnx_cache_dir": str(Path(tmp) / "onnx")})
+        load, resize, normalize = (
+            parser.get_parsed_content(f"{part}_transforms") for part in ("load", "resize", "normalize")
+        )
+        stages = {"decode": load[:2], "channels": load[2:], "resize": resize, "normalise": normalize}
+        predictor, inferer = parser.get_parsed_content("predictor"), parser.get_parsed_content("inferer")
+        postprocessing = parser.get_parsed_content("postprocessing")
+        plain = TTAInferer("none")
+        totals = dict.fromkeys(
+            [*stages, "model, one pass", "model with the default TTA", "invert + post-process", "PNG write"], 0.0
+        )
+
+        def timed(name: str, work):
+            start = time.perf_counter()
+            result = work()
+            totals[name] += time.perf_counter() - start
+            return result
+
+        for index, path in enumerate(kvasir_test_images()[:PROFILE_IMAGES]):
+            item = {"image": str(path)}
+            for name, transforms in stages.items():
+                for transform in transforms:
+                    item = timed(name, lambda t=transform, i=item: t(i))
+            batch = item["image"][None]
+            timed("model, one pass", lambda: plain(batch, predictor))
+            item["pred"] = timed("model with the default TTA", lambda: inferer(batch, predictor))[0]
+            item = timed("invert + post-process", lambda: postprocessing(item))
+            mask = (torch.as_tensor(item["pred"])[0].numpy() > 0).astype("uint8") * 255
+            timed("PNG write", lambda: write_png(Path(tmp) / f"{index}.png", mask))
+    return {name: 1e3 * total / PROFILE_IMAGES for name, total in totals.items()}
+
+
+def profile_section(threads: int) -> str:
+    """The per-stage profile as a markdown section."""
+    profile = stage_profile(threads)
+    body = [[name, f"{ms:.1f}"] for name, ms in profile.items()]
+    return (
+        f"## Where the time goes (per image, {threads} thread(s), one process, shipped model)\n\n"
+        + markdown_table(["stage", "ms / image"], body)
+        + f"\n\nFrom `scripts/bench/throughput.py`'s `stage_profile` on the first {PROFILE_IMAGES} test JPGs; the "
+        "folder command runs decode to normalise in `num_workers` DataLoader processes beside the model.\n"
+    )
+
+
 def results_section(results: Results, rounds: dict[tuple[str, str], list[float]], size: int) -> tuple[str, int]:
     """Results and Budgets sections; also return the number of failed budgets."""
     header = ["Model", "Pipeline", "Params (M)", "Images/s", "ms / image", "× UNet (--tta none)", "Per-round images/s"]
@@ -123,4 +182,4 @@ def results_section(results: Results, rounds: dict[tuple[str, str], list[float]]
             + [f"{1e3 / ips:.0f}", f"{ips / ref:.2f}" if ref else "—", rounds_cell(times)]
         )
     budgets, failures = budget_table(BUDGETS, results)
-    return f"## Results\n\n{markdown_table(header, body)}\n\n{budgets}", failures
+    return f"## Results\n\n{markdown_table(header, body)}\n\n{budgets}\n{profile_section(2)}", failures
