@@ -125,7 +125,8 @@ STAGE2_RECIPES: dict[str, tuple[str, dict[str, Any], dict[str, Any], int]] = {
 
 STAGE1_VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     # key: (label, bundle-id settings, overlay): one suspect of the MobileNetV2 small-data gap each (``--variants``)
-    "lr3e-3": ("lr 3e-3 (default 1e-3)", {"learning_rate": 3e-3}, {}),
+    "lr1e-3": ("lr 1e-3 (the default before 0.5.0)", {"learning_rate": 1e-3}, {}),
+    "lr3e-3": ("lr 3e-3 (the registry's MobileNetV2 default since 0.5.0)", {"learning_rate": 3e-3}, {}),
     "dec32": (
         "32-channel full-resolution decoder block (default 16)",
         {},

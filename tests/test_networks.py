@@ -15,6 +15,8 @@ from bundle.networks import (
     lightweight_hierarchical_utanet,
 )
 
+from tests.helpers import REPO_ROOT
+
 
 def randomise_dockers(model: LightweightHierarchicalUTANet) -> None:
     """Dockers start at zero (stage 2 starts as stage 1); give them weights so the MoE changes the output."""
@@ -196,6 +198,16 @@ class TestRegisteredEncoder:
         model = LightweightHierarchicalUTANet(encoder=encoder, use_moe=True)
         assert model.moe.fusion_index == ENCODERS[encoder].moe_fusion_index
         assert LightweightHierarchicalUTANet(encoder=encoder, use_moe=True, moe_fusion_index=1).moe.fusion_index == 1
+
+    def test_train_json_takes_its_learning_rate_from_the_registry(self, encoder):
+        from monai.bundle import ConfigParser
+
+        parser = ConfigParser()
+        parser.read_config(str(REPO_ROOT / "configs" / "train.json"))
+        parser["encoder"] = encoder
+        assert parser.get_parsed_content("learning_rate") == ENCODERS[encoder].learning_rate
+        parser["learning_rate"] = 0.02  # the command line wins
+        assert parser.get_parsed_content("learning_rate") == 0.02
 
     def test_stage1_state_dict_loads_into_stage2(self, encoder):
         stage1 = LightweightHierarchicalUTANet(encoder=encoder, use_moe=False)

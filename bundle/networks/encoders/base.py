@@ -13,8 +13,8 @@ and states, as class attributes:
 Pretrained weights are a local state_dict with the encoder's own key names (torchvision's for ResNet34 and
 MobileNetV2, MONAI's for EfficientNet), loaded by :func:`load_encoder_weights`; nothing is downloaded.
 
-Adding an encoder: one module in this package whose class carries ``@register_encoder(name, moe_fusion_index=...)``,
-and its import in ``encoders/__init__.py``.
+Adding an encoder: one module in this package whose class carries ``@register_encoder(name, moe_fusion_index=...)``
+(and, optionally, ``learning_rate=...``), and its import in ``encoders/__init__.py``.
 """
 
 from __future__ import annotations
@@ -31,16 +31,20 @@ NUM_FEATURES = 5
 
 @dataclass(frozen=True)
 class EncoderEntry:
-    """A registered encoder: its class and the skip index the MoE runs at by default (0: H/2 ... 3: H/16)."""
+    """A registered encoder: its class, the skip index the MoE runs at by default (0: H/2 ... 3: H/16), and the
+    stage-1 learning rate ``train.json`` uses for it unless ``--learning_rate`` is given (training from scratch)."""
 
     cls: type[nn.Module]
     moe_fusion_index: int
+    learning_rate: float = 1e-3
 
 
 ENCODERS: dict[str, EncoderEntry] = {}
 
 
-def register_encoder(name: str, moe_fusion_index: int) -> Callable[[type[nn.Module]], type[nn.Module]]:
+def register_encoder(
+    name: str, moe_fusion_index: int, learning_rate: float = 1e-3
+) -> Callable[[type[nn.Module]], type[nn.Module]]:
     """Class decorator: register an encoder under ``name`` after checking its class attributes (module docstring)."""
 
     def register(cls: type[nn.Module]) -> type[nn.Module]:
@@ -58,7 +62,7 @@ def register_encoder(name: str, moe_fusion_index: int) -> Callable[[type[nn.Modu
             problems.append(f"name {name!r} or its stem_key is already registered ({taken or [name]})")
         if problems:
             raise TypeError(f"cannot register encoder {name!r} ({cls.__name__}): " + "; ".join(problems))
-        ENCODERS[name] = EncoderEntry(cls, moe_fusion_index)
+        ENCODERS[name] = EncoderEntry(cls, moe_fusion_index, learning_rate)
         return cls
 
     return register
