@@ -15,6 +15,7 @@ from . import (
     io,
     networks,
     postprocessing,
+    splits,
     transforms,
     tta,
 )

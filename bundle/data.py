@@ -1,17 +1,25 @@
-"""Dataset discovery and train/validation/test splitting (the synthetic demo set: :mod:`bundle.demo`)."""
+"""Dataset discovery (the accepted folder layouts) and the datalist, :func:`load_datalist`; splitting is in
+:mod:`bundle.splits`, the synthetic demo set in :mod:`bundle.demo`."""
 
 from __future__ import annotations
 
 import csv
 import json
-import math
 import os
-import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
 from .formats import split_suffix
+from .splits import (  # noqa: F401  (also bundle.data.*: configs and cached budgets name them)
+    Pair,
+    format_files,
+    pair_key,
+    select_by_names,
+    split_pairs,
+    training_subset,
+    validation_as_test,
+)
 
 MASK_TAGS: tuple[str, ...] = ("_segmentation", "_mask")
 IGNORED_TAGS: tuple[str, ...] = ("_superpixels",)  # ISIC ships superpixel maps beside its images
@@ -31,9 +39,6 @@ ACCEPTED_LAYOUTS = (
     "(b) one flat folder with X.<ext> + X_segmentation.<ext> (or X_mask.<ext>); "
     "(c) a datalist.json or split.csv beside the data (load_datalist only)"
 )
-_MAX_LISTED = 10
-
-Pair = dict[str, str]
 
 
 class Problem(NamedTuple):
@@ -46,20 +51,9 @@ class Problem(NamedTuple):
         return f"{len(self.files)} {self.what}: {format_files(self.files)}"
 
 
-def format_files(items: Sequence[object]) -> str:
-    """Comma-separated listing of at most ``_MAX_LISTED`` items, then ``and N more``."""
-    shown = ", ".join(str(item) for item in items[:_MAX_LISTED])
-    extra = len(items) - _MAX_LISTED
-    return shown + (f" and {extra} more" if extra > 0 else "")
-
-
 def _clashes(groups: Iterable[list[Path]], folder: Path) -> list[str]:
     """``"a.jpg & a.png"`` for each group of more than one file (paths relative to ``folder``)."""
     return [" & ".join(p.relative_to(folder).as_posix() for p in group) for group in groups if len(group) > 1]
-
-
-def _pair_key(pair: Pair) -> tuple[str, str]:
-    return pair["image"], pair["label"]
 
 
 def _existing_dir(dataset_dir: str | os.PathLike) -> Path:
@@ -144,7 +138,7 @@ def discover_pairs(dataset_dir: str | os.PathLike) -> tuple[list[Pair], list[Pro
         images = _index_by_key([p for p, m in zip(files, is_mask) if not m], root, "image", problems)
         masks = _index_by_key([p for p, m in zip(files, is_mask) if m], root, "mask", problems)
         pairs = _match_masks(images, masks, root, root, problems) if masks else []
-    return sorted(pairs, key=_pair_key), problems
+    return sorted(pairs, key=pair_key), problems
 
 
 def find_image_mask_pairs(dataset_dir: str | os.PathLike) -> list[Pair]:
@@ -160,56 +154,6 @@ def find_image_mask_pairs(dataset_dir: str | os.PathLike) -> list[Pair]:
     if not pairs:
         raise ValueError(f"no image/mask pairs found in {root}; accepted layouts: {ACCEPTED_LAYOUTS}")
     return pairs
-
-
-def _select_by_names(pairs: Sequence[Pair], names: Iterable[str]) -> tuple[list[Pair], list[Pair], list[str]]:
-    """Split ``pairs`` into (named, others) by image stem; also return the names that matched nothing."""
-    wanted: dict[str, str] = {}
-    for name in names:
-        name = name.strip()
-        if name:
-            wanted.setdefault(split_suffix(os.path.basename(name))[0], name)
-    selected: list[Pair] = []
-    others: list[Pair] = []
-    found: set[str] = set()
-    for pair in pairs:
-        stem = split_suffix(os.path.basename(pair["image"]))[0]
-        if stem in wanted:
-            selected.append(pair)
-            found.add(stem)
-        else:
-            others.append(pair)
-    return selected, others, [name for stem, name in wanted.items() if stem not in found]
-
-
-def split_pairs(
-    pairs: Sequence[Pair], val_fraction: float = 0.2, seed: int = 0, test_names: Iterable[str] | None = None
-) -> dict[str, list[Pair]]:
-    """Split pairs into ``training`` / ``validation`` / ``test`` (each sorted).
-
-    Pairs whose image name (with or without extension) is in ``test_names`` go to ``test``; a seeded shuffle
-    sends ``round(val_fraction * rest)`` of the others (at least 1 when there are 2 or more) to ``validation``.
-    """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    ordered = sorted(pairs, key=_pair_key)
-    test: list[Pair] = []
-    rest = ordered
-    if test_names is not None:
-        test, rest, missing = _select_by_names(ordered, test_names)
-        if missing:
-            raise ValueError(
-                f"{len(missing)} test name(s) match no image among the {len(ordered)} pairs: {format_files(missing)}"
-            )
-    random.Random(seed).shuffle(rest)
-    n_val = 0
-    if val_fraction > 0 and len(rest) >= 2:
-        n_val = min(max(1, math.floor(len(rest) * val_fraction + 0.5)), len(rest) - 1)
-    return {
-        "training": sorted(rest[n_val:], key=_pair_key),
-        "validation": sorted(rest[:n_val], key=_pair_key),
-        "test": test,
-    }
 
 
 def read_datalist_json(path: Path, root: Path) -> dict[str, list[Pair]]:
@@ -248,7 +192,7 @@ def _read_split_csv(path: Path, root: Path) -> dict[str, list[Pair]]:
     missing: list[str] = []
     for key in SPLIT_KEYS:
         if key == "training" or names[key]:
-            out[key], _, unmatched = _select_by_names(pairs, names[key])
+            out[key], _, unmatched = select_by_names(pairs, names[key])
             missing += unmatched
     if missing:
         raise ValueError(f"{path}: {len(missing)} name(s) match no image/mask pair in {root}: {format_files(missing)}")
@@ -278,7 +222,7 @@ def load_datalist(dataset_dir: str | os.PathLike, val_fraction: float = 0.2, see
     if "validation" not in data:
         split = split_pairs(data["training"], val_fraction=val_fraction, seed=seed)
         data["training"], data["validation"] = split["training"], split["validation"]
-    result = {key: sorted(data.get(key, []), key=_pair_key) for key in SPLIT_KEYS}
+    result = {key: sorted(data.get(key, []), key=pair_key) for key in SPLIT_KEYS}
     missing = sorted({p for items in result.values() for pair in items for p in pair.values() if not os.path.isfile(p)})
     if missing:
         raise FileNotFoundError(f"{source}: {len(missing)} listed file(s) do not exist: {format_files(missing)}")
@@ -291,32 +235,3 @@ def load_datalist(dataset_dir: str | os.PathLike, val_fraction: float = 0.2, see
     if leaked:
         raise ValueError(f"{source}: {len(leaked)} image(s) listed in more than one split: {format_files(leaked)}")
     return result
-
-
-def validation_as_test(
-    datalist: dict[str, list[Pair]], val_fraction: float = 0.2, seed: int = 0
-) -> dict[str, list[Pair]]:
-    """Hold the ``validation`` split out as ``test`` and split a new validation set off ``training``.
-
-    For sets released with train/val only (ISIC 2017's official split): checkpoints are then selected on
-    training data and the official validation images stay unseen. Raises when ``test`` is already filled.
-    """
-    if datalist.get("test"):
-        raise ValueError("the datalist already has a test split; keep its validation split as it is")
-    split = split_pairs(datalist["training"], val_fraction=val_fraction, seed=seed)
-    return {"training": split["training"], "validation": split["validation"], "test": datalist["validation"]}
-
-
-def training_subset(
-    datalist: dict[str, list[Pair]], num_images: int, val_fraction: float = 0.2, seed: int = 0
-) -> dict[str, list[Pair]]:
-    """Keep a seeded choice of ``num_images`` training + validation pairs, split validation off them again.
-
-    For small-data studies: the result trains and selects checkpoints on ``num_images`` pairs in all;
-    ``test`` is unchanged. Raises when fewer pairs are available.
-    """
-    pool = sorted(datalist["training"] + datalist.get("validation", []), key=_pair_key)
-    if not 2 <= num_images <= len(pool):
-        raise ValueError(f"training_subset: need 2..{len(pool)} images (training + validation), got {num_images}")
-    chosen = random.Random(seed).sample(pool, num_images)
-    return {**split_pairs(chosen, val_fraction=val_fraction, seed=seed), "test": datalist.get("test", [])}

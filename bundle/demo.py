@@ -12,8 +12,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from .data import format_files
 from .io import atomic_write, atomic_write_json
+from .splits import format_files
 
 DEMO_GENERATOR_VERSION = 1
 DEMO_MANIFEST = "DEMO_MANIFEST.json"

@@ -13,6 +13,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -173,7 +174,8 @@ class FolderWriter:
     and ``prob`` ((1, H, W) probabilities). Masks: 2D input -> ``<stem>_mask.png`` (uint8 0/255, (H, W)); NIfTI ->
     ``<stem>_mask.nii.gz`` (uint8 0/1, the input's shape, affine and header). Optional: ``<stem>_prob.npy`` (float32
     (H, W) probabilities in [0, 1], oriented as the mask) and ``<stem>_overlay.png`` (RGB image, mask outline in
-    green). Writes are atomic; a failed write costs only its input (an error row).
+    green). Writes are atomic; a failed write costs only its input (an error row). They run in a writer thread,
+    beside the model's next batch; the report waits for them.
 
     ``predictions.csv`` has a row per input in ``plan`` order (segmented, skipped, bad file, or "not processed"
     when the run stopped early). It is rewritten when the run wrote a mask (also when it stops midway), so a
@@ -192,6 +194,8 @@ class FolderWriter:
             raise ValueError("save_overlay needs a display_transform.")
         self.plan, self.batches, self.display_transform = plan, batches, display_transform
         self.rows: dict[int, dict[str, object]] = {}
+        self.pending: dict[int, Future] = {}
+        self.pool: ThreadPoolExecutor | None = None
         self.finished = False  # the report is written: an error raised after it must not rewrite it
 
     def attach(self, engine: Engine) -> None:
@@ -200,13 +204,23 @@ class FolderWriter:
         engine.add_event_handler(Events.EXCEPTION_RAISED, self.stopped)
 
     def write_batch(self, engine: Engine) -> None:
+        self.pool = self.pool or ThreadPoolExecutor(max_workers=1, thread_name_prefix="mask-writer")
         for item, output in zip(engine.state.batch, engine.state.output):
             index = int(item["index"])
             plan = self.plan.inputs[index]
+            self.pending[index] = self.pool.submit(self.save, plan, output["pred"], output["prob"], output["image"])
+
+    def collect(self) -> None:
+        """Wait for the writes in flight and record their report rows."""
+        for index, future in self.pending.items():
             try:
-                self.rows[index] = self.save(plan, output["pred"], output["prob"], output["image"])
+                self.rows[index] = future.result()
             except Exception as error:  # a failed write costs only this input
-                self.rows[index] = error_row(plan, error_reason(error))
+                self.rows[index] = error_row(self.plan.inputs[index], error_reason(error))
+        self.pending.clear()
+        if self.pool is not None:
+            self.pool.shutdown()
+            self.pool = None
 
     def save(self, plan: InputPlan, pred: torch.Tensor, prob: torch.Tensor, image: torch.Tensor) -> dict[str, object]:
         """Write the outputs of one input; return its report row."""
@@ -230,6 +244,7 @@ class FolderWriter:
 
     def report(self) -> list[dict[str, object]]:
         """Write ``predictions.csv`` (unless the run wrote nothing new); return its rows."""
+        self.collect()
         rows = {**self.plan.rows, **self.rows}
         for failure in self.batches.failures:
             rows[failure["index"]] = error_row(self.plan.inputs[failure["index"]], failure["error"])

@@ -55,6 +55,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = REPO_ROOT / "configs"
 METRICS = ("dice", "iou", "precision", "recall", "hd95")
 LATENCY_ITERS = 20
+PEER_LEARNING_RATE = 1e-3  # MONAI peers: train.json's learning rate before the encoder registry set LH-UTANet's
 TIME_BUDGET_EPOCHS = 10_000  # --minutes: the epoch limit no budgeted run reaches (bundle.handlers.TimeBudget ends it)
 COLUMNS = (
     "row",
@@ -156,7 +157,7 @@ def build_rows(
             f"LH-UTANet {encoder} (stage 1 + 2, top_k 2, λ 0.01)", {"encoder": encoder}, stage1_row=f"lh-{encoder}"
         )
     for key, peer in MONAI_PEERS.items():
-        rows[key] = CompareRow(peer.name, overlay={"network_def": peer.network_def()})
+        rows[key] = CompareRow(peer.name, {"learning_rate": PEER_LEARNING_RATE}, {"network_def": peer.network_def()})
     for encoder in ablation_encoders:
         variants = [("top_k", k, f"top{k}") for k in (1, 3, 4)] + [
             ("moe_loss_weight", w, f"lambda{w:g}") for w in (0.0, 0.1)
@@ -537,13 +538,14 @@ def write_summary(
         "CPU ms",
         "train min",
         "best val loss",
+        "best val Dice",
         "test Dice",
         "IoU",
         "precision",
         "recall",
         "HD95 (px)",
     ]
-    keys = ["network", "params_m", "gmacs", "cpu_latency_ms", "train_minutes", "best_val_loss"]
+    keys = ["network", "params_m", "gmacs", "cpu_latency_ms", "train_minutes", "best_val_loss", "best_val_dice"]
     keys += [f"test_{metric}_mean" for metric in METRICS]
     table = markdown_table(head, [[format_cell(result[key]) for key in keys] for result in results])
     medians = markdown_table(

@@ -12,8 +12,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bundle.data import find_image_mask_pairs, split_pairs
+from bundle.data import find_image_mask_pairs
 from bundle.io import atomic_write_json
+from bundle.splits import split_pairs
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -11,9 +11,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from bundle.data import find_image_mask_pairs, load_datalist, split_pairs
+from bundle.data import find_image_mask_pairs, load_datalist
 from bundle.demo import make_demo_dataset
 from bundle.formats import IMAGE_SUFFIXES
+from bundle.splits import split_pairs
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
