@@ -63,8 +63,8 @@ class NetworkSettings:
     export and MONAI Label rebuild the same network from the checkpoint alone.
     """
 
-    def __init__(self, settings: dict[str, object]) -> None:  # stage 1 has no top_k
-        self.settings = {key: settings[key] for key in NETWORK_SETTINGS if settings.get(key) is not None}
+    def __init__(self, settings: dict[str, object]) -> None:
+        self.settings = {key: settings[key] for key in NETWORK_SETTINGS}
 
     def state_dict(self) -> dict[str, object]:
         return {**self.settings, "image_size": [int(s) for s in self.settings["image_size"]]}

@@ -472,7 +472,10 @@ def study_table(results: list[dict[str, Any]], rows: dict[str, CompareRow]) -> s
 
 def ablation_table(results: list[dict[str, Any]], rows: dict[str, CompareRow]) -> str:
     """Markdown table of the stage-2 rows of each ablated encoder by top_k and lambda, or "" without ablations."""
-    defaults = json.loads((CONFIGS / "finetune_moe.json").read_text(encoding="utf-8"))
+    defaults = {  # each id where it is defined: top_k in train.json, moe_loss_weight in finetune_moe.json
+        **json.loads((CONFIGS / "train.json").read_text(encoding="utf-8")),
+        **json.loads((CONFIGS / "finetune_moe.json").read_text(encoding="utf-8")),
+    }
     ablated = {rows[r["row"]].settings["encoder"] for r in results if r["row"].startswith("ablation-")}
     body = []
     for result in results:

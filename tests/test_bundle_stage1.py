@@ -25,11 +25,12 @@ def test_train_two_epochs_writes_checkpoint_and_metrics(tmp_path):
     assert checkpoint.is_file()
     state = torch.load(checkpoint, weights_only=True)
     LightweightHierarchicalUTANet(encoder="mobilenetv2").load_state_dict(state["model"])  # strict
-    assert state["network_settings"] == {  # what inference rebuilds the network from (no MoE: no top_k)
+    assert state["network_settings"] == {  # what inference rebuilds the network from
         "encoder": "mobilenetv2",
         "use_moe": False,
         "in_channels": 3,
         "out_channels": 1,
+        "top_k": 2,
         "image_size": [64, 64],
     }
     evaluator = workflow.parser.get_parsed_content("validate#evaluator")

@@ -62,7 +62,7 @@ class LightweightHierarchicalUTANet(nn.Module):
         encoder: a registered encoder (``bundle.networks.ENCODERS``): "resnet34" (MONAI ResNet, torchvision
             layout), "mobilenetv2" (width 1.0) or "efficientnet-b0" (MONAI EfficientNet).
         use_moe: stage 2: route the skips through the hierarchical MoE.
-        top_k: experts mixed per gate and sample, 1..4 (stage 2; unused, and may be None, in stage 1).
+        top_k: experts mixed per gate and sample, 1..4.
         emb_size: channels of the fused map the MoE experts work on.
         moe_fusion_index: skip whose resolution the MoE runs at (0: H/2, 1: H/4, 2: H/8, 3: H/16); default:
             the encoder's registry entry (resnet34: 2, mobilenetv2 and efficientnet-b0: 3).
@@ -81,7 +81,7 @@ class LightweightHierarchicalUTANet(nn.Module):
         out_channels: int = 1,
         encoder: str = "resnet34",
         use_moe: bool = False,
-        top_k: int | None = 2,
+        top_k: int = 2,
         emb_size: int = 64,
         moe_fusion_index: int | None = None,
         aspp_rates: Sequence[int] = (6, 12),
