@@ -65,13 +65,19 @@ class Predictor(nn.Module):
 
 
 class OnnxPredictor(Predictor):
-    """ONNX Runtime on the CPU (all graph optimisations); logits come back on the input's device."""
+    """ONNX Runtime on the CPU (all graph optimisations); logits come back on the input's device.
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    Its threads do not spin while waiting for work (``allow_spinning`` 0): in folder inference the DataLoader's
+    decoding processes share the cores with it, and spinning threads take their time.
+    """
+
+    def __init__(self, path: str | os.PathLike, spinning: bool = False) -> None:
         super().__init__()
         import onnxruntime
 
-        self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        options = onnxruntime.SessionOptions()
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
@@ -102,9 +108,10 @@ def cached_onnx_export(
     """The ONNX export of ``network`` (with ``ckpt_path`` loaded) in ``cache_dir``, made once per checkpoint.
 
     The file is named by the checkpoint's sha256 and the torch version, so a retrained checkpoint gets its own. A
-    new export is written to a temporary file, run by ONNX Runtime on a probe input of ``probe_size`` (H, W) and
-    compared with torch; only an export whose logits agree within ``atol`` is renamed into place. ValueError when
-    they do not agree (nothing is kept).
+    new export (traced at batch 1) is written to a temporary file, run by ONNX Runtime on a probe batch of 2 at
+    ``probe_size`` (H, W), so that a graph with a fixed batch size fails here, and compared with torch; only an
+    export whose logits agree within ``atol`` is renamed into place. ValueError when it fails or they do not agree
+    (nothing is kept).
     """
     digest = sha256_of(ckpt_path)[:16]
     path = Path(cache_dir) / f"{Path(ckpt_path).stem}-{digest}-torch{torch.__version__.split('+')[0]}.onnx"
@@ -117,10 +124,14 @@ def cached_onnx_export(
     try:
         in_channels = next(network.parameters()).shape[1]
         export_onnx(network, unverified, probe_size, in_channels)
-        probe = torch.rand(1, in_channels, *probe_size, generator=torch.Generator().manual_seed(0))
+        probe = torch.rand(2, in_channels, *probe_size, generator=torch.Generator().manual_seed(0))
         with torch.inference_mode():
             expected = network(probe.to(next(network.parameters()).device)).cpu()
-        difference = float((OnnxPredictor(unverified).predict(probe) - expected).abs().max())
+        try:
+            exported = OnnxPredictor(unverified).predict(probe)
+        except Exception as error:  # onnxruntime raises its own error types, e.g. for a batch size fixed at export
+            raise ValueError(f"the ONNX export of {ckpt_path} does not run on a probe batch: {error}") from error
+        difference = float((exported - expected).abs().max())
         if difference > atol:
             raise ValueError(f"the ONNX export of {ckpt_path} differs from torch by {difference:.2g} (> {atol})")
         os.replace(unverified, path)
@@ -144,17 +155,21 @@ def load_predictor(
     """The model as a :class:`Predictor`.
 
     ``backend``: "auto" (ONNX Runtime on a CPU when onnxruntime is installed, from :func:`cached_onnx_export` of
-    ``ckpt_path`` into ``onnx_cache_dir``; else "torch"), "torch" (``network`` with ``ckpt_path`` loaded strictly,
-    for CUDA with AMP), "torchscript" (``ts_path``), "onnx" (``onnx_path``, ONNX Runtime on the CPU) or "onnx-int8"
-    (``int8_path``, a ``scripts/quantize.py`` model, ONNX Runtime on the CPU).
+    ``ckpt_path`` into ``onnx_cache_dir``; else, or when that export fails its check, "torch"), "torch"
+    (``network`` with ``ckpt_path`` loaded strictly, for CUDA with AMP), "torchscript" (``ts_path``), "onnx"
+    (``onnx_path``, ONNX Runtime on the CPU) or "onnx-int8" (``int8_path``, a ``scripts/quantize.py`` model).
     """
     if backend == "auto":
         if torch.device(device).type != "cpu" or not onnx_runtime_available():
             return load_predictor("torch", device, network, ckpt_path, ts_path, onnx_path)
-        exported = cached_onnx_export(
-            load_network(network, ckpt_path).to("cpu"), ckpt_path, onnx_cache_dir or default_onnx_cache(), probe_size
-        )
-        return OnnxPredictor(exported)
+        network = load_network(network, ckpt_path).to("cpu")
+        try:
+            return OnnxPredictor(
+                cached_onnx_export(network, ckpt_path, onnx_cache_dir or default_onnx_cache(), probe_size)
+            )
+        except ValueError as error:  # a network ONNX Runtime cannot run as exported: torch it is
+            logger.warning("backend auto: %s; running torch instead.", error)
+            return Predictor(network)
     if backend == "torch":
         return Predictor(load_network(network, ckpt_path).to(device))
     paths = {"torchscript": ts_path, "onnx": onnx_path, "onnx-int8": int8_path}

@@ -142,13 +142,14 @@ def method_text(args: argparse.Namespace) -> str:
 `configs/inference.json` parsed with `monai.bundle.ConfigParser`, overrides `dataset_dir` (the 100 Kvasir-SEG
 PraNet test JPGs of `../shared/data/kvasir-seg`, of varying size), `output_dir` (a fresh temporary folder),
 `ckpt_path` (a temporary `torch.save(state_dict)` of randomly initialised weights; the network is read from it),
-`onnx_cache_dir` (fresh: the ONNX export is timed), `image_size` {throughput.IMAGE_SIZE} (the shipped model's),
-`device` cpu, and the row's pipeline overrides; the MONAI peers override `network_def` (and `network_settings`).
-Timed: building and running the `evaluator` (MONAI's SupervisedEvaluator) end to end (export, DataLoader worker
-start, decode, resize, normalise, model with TTA, inversion to the original size, post-processing, PNG masks,
-`predictions.csv`); images/s = 100 / seconds. inference.json settings: `batch_size` {settings["batch_size"]},
-`num_workers` {settings["num_workers"]}, `tta` {settings["tta"]} with `tta_scales` {settings["tta_scales"]}; the
-main process runs the model with {args.threads} thread(s). Each configuration in a fresh process; {rounds}"""
+`onnx_cache_dir` (fresh; the one-off ONNX export happens when the evaluator is built, before the clock starts),
+`image_size` {throughput.IMAGE_SIZE} (the shipped model's), `device` cpu, and the row's pipeline overrides; the
+MONAI peers override `network_def` (and `network_settings`). Timed: running the `evaluator` (MONAI's
+SupervisedEvaluator) end to end (DataLoader worker start, decode, resize, normalise, model with TTA, inversion to
+the original size, post-processing, PNG masks in a writer thread, `predictions.csv`); images/s = 100 / seconds.
+inference.json settings: `batch_size` {settings["batch_size"]}, `num_workers` {settings["num_workers"]}, `tta`
+{settings["tta"]} with `tta_scales` {settings["tta_scales"]}; the main process runs the model with {args.threads}
+thread(s). Each configuration in a fresh process; {rounds}"""
     return f"""\
 Input 1×{IN_CHANNELS}×{args.size}×{args.size}, `model.eval()`, `torch.inference_mode()`.
 GMACs = `torch.utils.flop_counter.FlopCounterMode` total FLOPs / 2 (conv/matmul work only).

@@ -280,3 +280,23 @@ def test_an_export_that_disagrees_with_torch_is_never_used(tmp_path, monkeypatch
     with pytest.raises(ValueError, match="differs from torch"):
         cached_onnx_export(network, ckpt, tmp_path / "cache", (64, 64))
     assert not list((tmp_path / "cache").iterdir())  # neither the export nor its temporary file is kept
+
+
+def test_backend_auto_falls_back_to_torch_when_the_export_cannot_run_a_batch(tmp_path, caplog):
+    """MONAI's FlexibleUNet(resnet34) exports with its batch size fixed (type-A shortcuts concatenate zeros of the
+    traced batch): the probe batch of 2 fails, nothing is cached, and auto serves torch."""
+    from bundle.backends import OnnxPredictor, load_predictor
+    from monai.networks.nets import FlexibleUNet
+
+    torch.manual_seed(0)
+    network = FlexibleUNet(in_channels=3, out_channels=1, backbone="resnet34", pretrained=False, spatial_dims=2)
+    ckpt = tmp_path / "flexible.pt"
+    torch.save(network.state_dict(), ckpt)
+    with caplog.at_level("WARNING", logger="bundle.backends"):
+        predictor = load_predictor("auto", "cpu", network, ckpt, "", "", tmp_path / "cache", (64, 64))
+    assert not isinstance(predictor, OnnxPredictor)
+    assert "does not run on a probe batch" in caplog.text and "running torch instead" in caplog.text
+    assert not list((tmp_path / "cache").iterdir())
+    x = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(predictor(x).as_tensor(), network.eval()(x))
