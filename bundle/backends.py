@@ -71,12 +71,12 @@ class OnnxPredictor(Predictor):
     decoding processes share the cores with it, and spinning threads take their time.
     """
 
-    def __init__(self, path: str | os.PathLike, spinning: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike) -> None:
         super().__init__()
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 

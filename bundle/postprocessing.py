@@ -29,7 +29,9 @@ def postprocess_mask(
     In order: ``>= threshold``; drop 8-connected components of fewer than ``min_component_size``
     pixels; fill holes; keep only the largest component.
     """
-    mask = AsDiscrete(threshold=threshold)(probabilities) > 0  # MONAI's rule (>= threshold), as evaluation's
+    mask = (
+        np.asarray(AsDiscrete(threshold=threshold)(probabilities)) > 0
+    )  # MONAI's rule (>= threshold), as evaluation's
     if min_component_size > 0:
         mask = remove_small_objects(mask, max_size=min_component_size - 1, connectivity=2)
     if fill_holes:
