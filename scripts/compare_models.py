@@ -121,6 +121,13 @@ STAGE2_RECIPES: dict[str, tuple[str, dict[str, Any], dict[str, Any], int]] = {
         {"train#lr_scheduler": warmup_cosine_scheduler(2)},
         2,
     ),
+    "c": (
+        "(c) MoE only, lr 1e-4, gates initialised by k-means of the gate inputs",
+        {},
+        {"+train#handlers": [{"_target_": "bundle.handlers.KMeansGateInit", "seed": "@seed"}]},
+        1,
+    ),
+    "d": ("(d) MoE only, lr 1e-4, plus a shared always-on expert", {}, {"network_def#moe_shared_expert": True}, 1),
     "e": ("(e) MoE + decoder + head trainable, lr 1e-4", {"trainable_patterns": ["moe", "decoder", "head"]}, {}, 1),
 }
 

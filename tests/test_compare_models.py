@@ -124,6 +124,25 @@ def test_stage2_study_fine_tunes_the_given_checkpoint_and_tabulates_seeds(compar
     assert f"| 2 | {mean:.4f} ± " in row
 
 
+def test_recipes_c_and_d_train_and_evaluate_through_their_overlays(comparison):
+    """(c) runs KMeansGateInit before the first stage-2 epoch; (d) trains and evaluates the shared-expert network."""
+    root, _ = comparison
+    stage1 = root / "runs" / "lh-mobilenetv2" / "models" / "model.pt"
+    argv = ["--dataset_dir", str(root / "data"), "--work_dir", str(root / "recipes"), "--output", str(root / "rout")]
+    argv += ["--study", "mobilenetv2", "--study_seeds", "0", "--stage1_ckpt", str(stage1), "--stage2_epochs", "1"]
+    argv += ["--rows", "study-mobilenetv2-c-s0,study-mobilenetv2-d-s0", "--image_size", "64"]
+    argv += ["--batch_size", "2", "--num_workers", "0", "--threads", "1"]
+    assert compare_models.main(argv) == 0
+    runs = root / "recipes"
+    assert "KMeansGateInit: " in (runs / "study-mobilenetv2-c-s0" / "train.log").read_text()
+    for recipe in ("c", "d"):
+        weights = torch.load(runs / f"study-mobilenetv2-{recipe}-s0" / "models" / "model.pt", weights_only=True)
+        shared = [key for key in weights["model"] if key.startswith("moe.shared_expert.")]
+        assert bool(shared) == (recipe == "d")
+        result = json.loads((runs / f"study-mobilenetv2-{recipe}-s0" / "result.json").read_text())
+        assert 0 <= result["validation_dice_mean"] <= 1 and 0 <= result["test_dice_mean"] <= 1
+
+
 def test_equal_time_budget_splits_lh_utanet_stages_and_stops_on_time(comparison):
     """--minutes: the stage-2 row trains a quarter of the budget on a stage-1 run of the rest; both stop on time."""
     root, _ = comparison

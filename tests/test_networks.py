@@ -110,10 +110,8 @@ def test_sparse_routing_skips_unselected_experts_and_equals_dense():
     for hook in hooks:
         hook.remove()
     with torch.no_grad():
-        skips = model.encoder(x)[:-1]
-        fusion = skips[model.moe.fusion_index]
-        fused = model.moe.fuse(skips, [fusion.shape[2], fusion.shape[3]])
-        forced = [gate(torch.nn.functional.adaptive_avg_pool2d(fused, 1)) for gate in model.moe.gates]
+        fused, pooled = model.moe.fuse_and_pool(model.encoder(x)[:-1])
+        forced = [gate(pooled) for gate in model.moe.gates]
         partial = [torch.zeros(3, 4) for _ in range(4)]  # gate g sends sample b to experts b+g and b+g+1
         for g, weights in enumerate(partial):
             for b in range(3):

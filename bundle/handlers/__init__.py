@@ -1,7 +1,8 @@
 """Ignite handlers of the bundle: metric reports, MoE balance loss, atomic checkpoints, resuming, loss guard,
-time budget."""
+time budget, k-means gate initialisation."""
 
 from .atomic_saver import AtomicCheckpointSaver
+from .kmeans_gates import KMeansGateInit
 from .loss_guard import StopOnNonFiniteLoss
 from .metrics_report import SegmentationMetricsWriter
 from .moe_loss import MoEBalanceLossHandler

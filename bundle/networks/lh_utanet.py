@@ -66,6 +66,7 @@ class LightweightHierarchicalUTANet(nn.Module):
         emb_size: channels of the fused map the MoE experts work on.
         moe_fusion_index: skip whose resolution the MoE runs at (0: H/2, 1: H/4, 2: H/8, 3: H/16); default:
             the encoder's registry entry (resnet34: 2, mobilenetv2 and efficientnet-b0: 3).
+        moe_shared_expert: give the MoE an always-on shared expert beside the routed ones (stage-2 recipe (d)).
         aspp_rates: dilations of the ASPP's depthwise-separable branches.
         aspp_channels: ASPP output channels; default: the deepest skip's channels.
         decoder_channels: five up-block widths, deepest first; default: the skip widths, deepest first,
@@ -84,6 +85,7 @@ class LightweightHierarchicalUTANet(nn.Module):
         top_k: int = 2,
         emb_size: int = 64,
         moe_fusion_index: int | None = None,
+        moe_shared_expert: bool = False,
         aspp_rates: Sequence[int] = (6, 12),
         aspp_channels: int | None = None,
         decoder_channels: Sequence[int] | None = None,
@@ -103,7 +105,11 @@ class LightweightHierarchicalUTANet(nn.Module):
         self.bottleneck = LightweightASPP(bottom_channels, aspp_channels, aspp_rates)
         if moe_fusion_index is None:
             moe_fusion_index = ENCODERS[encoder].moe_fusion_index
-        self.moe = HierarchicalMoE(skip_channels, emb_size, top_k, moe_fusion_index) if use_moe else None
+        self.moe = (
+            HierarchicalMoE(skip_channels, emb_size, top_k, moe_fusion_index, shared_expert=moe_shared_expert)
+            if use_moe
+            else None
+        )
         self.decoder = LightweightDecoder(aspp_channels, skip_channels, decoder_channels)
         self.head = nn.Conv2d(decoder_channels[-1], out_channels, kernel_size=1)
         self.use_moe = use_moe

@@ -4,6 +4,7 @@ The encoder skips e1..e4 are fused into one ``emb_size``-channel map at one scal
 (small, medium, large, global receptive field) process it. One top-k gate per skip scale mixes the
 experts, and a 1×1 "docker" per scale projects the mixture back to that skip's channels and size,
 where it is added to the skip. Dockers start at zero, so stage 2 starts from stage 1's function.
+Optionally a shared expert (DeepSeekMoE's fix for redundant experts) is always on, added to every gate's mixture.
 """
 
 from __future__ import annotations
@@ -85,6 +86,13 @@ class TopKGate(nn.Module):
         self.top_k = top_k
         self.logits = nn.Conv2d(channels, num_experts, kernel_size=1)
 
+    @torch.no_grad()
+    def route_to_nearest(self, centroids: torch.Tensor, sharpness: float) -> None:
+        """Set the logits so that ``logit_e = -sharpness / 2 * (|x - c_e|² - |x|²)``: the nearest of the (E, C)
+        ``centroids`` gets the highest probability (k-means gate initialisation)."""
+        self.logits.weight.copy_(sharpness * centroids.reshape(self.logits.weight.shape))
+        self.logits.bias.copy_(-sharpness / 2 * centroids.pow(2).sum(dim=1))
+
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         probabilities = torch.softmax(self.logits(pooled).flatten(1), dim=1)
         top_values, top_indices = probabilities.topk(self.top_k, dim=1)
@@ -119,6 +127,7 @@ class HierarchicalMoE(nn.Module):
         top_k: experts mixed per gate and sample, 1..num_experts.
         fusion_index: which skip's resolution the experts run at (0 = e1 at H/2, 1 = e2 at H/4, ...).
         experts: expert names, a subset of ``EXPERT_NAMES`` in any order.
+        shared_expert: add an always-on "small" expert to every gate's mixture (not gated, not in the balance loss).
 
     ``forward`` returns ``(refined_skips, balance_loss, gate_weights)``; gate_weights holds one
     (B, num_experts) tensor per skip scale.
@@ -131,6 +140,7 @@ class HierarchicalMoE(nn.Module):
         top_k: int = 2,
         fusion_index: int = 1,
         experts: Sequence[str] = EXPERT_NAMES,
+        shared_expert: bool = False,
     ) -> None:
         super().__init__()
         if not 1 <= top_k <= len(experts):
@@ -141,6 +151,7 @@ class HierarchicalMoE(nn.Module):
         self.fusion_index = fusion_index
         self.fuse = SkipFusion(skip_channels, emb_size)
         self.experts = nn.ModuleList(build_expert(name, emb_size) for name in experts)
+        self.shared_expert = build_expert("small", emb_size) if shared_expert else None
         self.gates = nn.ModuleList(TopKGate(emb_size, len(experts), top_k) for _ in skip_channels)
         self.dockers = nn.ModuleList(ResizingPointwiseConv(emb_size, c) for c in skip_channels)
         for docker in self.dockers:
@@ -174,15 +185,22 @@ class HierarchicalMoE(nn.Module):
                 outputs.append(torch.zeros_like(fused).index_copy(0, samples, expert(fused.index_select(0, samples))))
         return self.combine(gate_weights, outputs)
 
-    def forward(self, skips: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]]:
+    def fuse_and_pool(self, skips: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Skips [e1..e4] -> the fused map (B, emb_size, h, w) at the fusion scale and its average (B, emb_size, 1, 1),
+        which every gate reads."""
         size = [skips[self.fusion_index].shape[2], skips[self.fusion_index].shape[3]]
         fused = self.fuse(skips, size)
-        pooled = F.adaptive_avg_pool2d(fused, 1)
+        return fused, F.adaptive_avg_pool2d(fused, 1)
+
+    def forward(self, skips: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]]:
+        fused, pooled = self.fuse_and_pool(skips)
         gate_weights = [gate(pooled) for gate in self.gates]
         if torch.jit.is_scripting():
             mixed = self.mix_dense(fused, gate_weights)
         else:
             mixed = self.mix_dense(fused, gate_weights) if is_exporting() else self.mix_sparse(fused, gate_weights)
+        if self.shared_expert is not None:
+            mixed = mixed + self.shared_expert(fused)  # (G, B, C, h, w) + (B, C, h, w)
         refined: list[torch.Tensor] = []
         for index, docker in enumerate(self.dockers):
             skip = skips[index]
