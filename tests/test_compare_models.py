@@ -93,16 +93,22 @@ def test_ablation_table_lists_top_k_and_lambda_of_each_stage2_row():
     assert compare_models.ablation_table(results[:3], rows) == ""  # no ablation rows, no table
 
 
+def run_study(root, name: str, seeds: str, rows: str) -> list[str]:
+    """``--study mobilenetv2`` rows (one stage-2 epoch each) from the comparison's stage-1 checkpoint, into
+    ``root/name`` (results in ``root/name-out``); returns the argv."""
+    stage1 = root / "runs" / "lh-mobilenetv2" / "models" / "model.pt"
+    argv = ["--dataset_dir", str(root / "data"), "--work_dir", str(root / name), "--output", str(root / f"{name}-out")]
+    argv += ["--study", "mobilenetv2", "--study_seeds", seeds, "--stage1_ckpt", str(stage1), "--stage2_epochs", "1"]
+    argv += ["--rows", rows, "--image_size", "64", "--batch_size", "2", "--num_workers", "0", "--threads", "1"]
+    assert compare_models.main(argv) == 0
+    return argv
+
+
 def test_stage2_study_fine_tunes_the_given_checkpoint_and_tabulates_seeds(comparison):
     """--study with --stage1_ckpt: the stage-1 row only evaluates that checkpoint (validation and test); each recipe
     row fine-tunes it with its own seed; the table gives mean ± std per recipe and the gain over stage 1."""
     root, _ = comparison
-    stage1 = root / "runs" / "lh-mobilenetv2" / "models" / "model.pt"
-    argv = ["--dataset_dir", str(root / "data"), "--work_dir", str(root / "study"), "--output", str(root / "sout")]
-    argv += ["--study", "mobilenetv2", "--study_seeds", "0,1", "--stage1_ckpt", str(stage1), "--stage2_epochs", "1"]
-    argv += ["--rows", "study-mobilenetv2-stage1,study-mobilenetv2-e-s0,study-mobilenetv2-e-s1", "--image_size", "64"]
-    argv += ["--batch_size", "2", "--num_workers", "0", "--threads", "1"]
-    assert compare_models.main(argv) == 0
+    argv = run_study(root, "study", "0,1", "study-mobilenetv2-stage1,study-mobilenetv2-e-s0,study-mobilenetv2-e-s1")
     assert not (root / "study" / "study-mobilenetv2-stage1" / "models").exists()  # evaluated, not trained
     results = {
         key: json.loads((root / "study" / key / "result.json").read_text())
@@ -118,7 +124,7 @@ def test_stage2_study_fine_tunes_the_given_checkpoint_and_tabulates_seeds(compar
         for key in results
     ]
     assert validation[0] == validation[1] == validation[2]
-    table = (root / "sout" / "results.md").read_text().split("## Stage-2 recipes")[1].splitlines()
+    table = (root / "study-out" / "results.md").read_text().split("## Stage-2 recipes")[1].splitlines()
     row = next(line for line in table if line.startswith("| (e)"))
     mean = sum(results[f"study-mobilenetv2-e-s{seed}"]["validation_dice_mean"] for seed in (0, 1)) / 2
     assert f"| 2 | {mean:.4f} ± " in row
@@ -127,12 +133,7 @@ def test_stage2_study_fine_tunes_the_given_checkpoint_and_tabulates_seeds(compar
 def test_recipes_c_and_d_train_and_evaluate_through_their_overlays(comparison):
     """(c) runs KMeansGateInit before the first stage-2 epoch; (d) trains and evaluates the shared-expert network."""
     root, _ = comparison
-    stage1 = root / "runs" / "lh-mobilenetv2" / "models" / "model.pt"
-    argv = ["--dataset_dir", str(root / "data"), "--work_dir", str(root / "recipes"), "--output", str(root / "rout")]
-    argv += ["--study", "mobilenetv2", "--study_seeds", "0", "--stage1_ckpt", str(stage1), "--stage2_epochs", "1"]
-    argv += ["--rows", "study-mobilenetv2-c-s0,study-mobilenetv2-d-s0", "--image_size", "64"]
-    argv += ["--batch_size", "2", "--num_workers", "0", "--threads", "1"]
-    assert compare_models.main(argv) == 0
+    run_study(root, "recipes", "0", "study-mobilenetv2-c-s0,study-mobilenetv2-d-s0")
     runs = root / "recipes"
     assert "KMeansGateInit: " in (runs / "study-mobilenetv2-c-s0" / "train.log").read_text()
     for recipe in ("c", "d"):
