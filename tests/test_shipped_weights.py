@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from bundle.checkpoints import read_state_dict
+from bundle.checkpoints import read_network_settings, read_state_dict
 from bundle.demo import make_demo_dataset
-from bundle.finetune import freeze_except
 from bundle.io import sha256_of
 from monai.bundle import ConfigParser
 from PIL import Image
@@ -29,16 +28,30 @@ def inference_network(**overrides) -> torch.nn.Module:
     return parser.get_parsed_content("network_def").eval()
 
 
-def test_shipped_weights_load_strictly_and_stage2_kept_the_frozen_base():
+def test_shipped_weights_load_strictly_and_record_the_model_card_settings():
+    """model.pt is the 160-px MoE network that stage 2 fine-tuned, whole, from the 128-px stage1/model.pt."""
     final = inference_network()
     final.load_state_dict(read_state_dict(MODELS / "model.pt"), strict=True)
+    assert read_network_settings(MODELS / "model.pt") == {
+        "encoder": "mobilenetv2",
+        "use_moe": True,
+        "in_channels": 3,
+        "out_channels": 1,
+        "top_k": 2,
+        "image_size": [160, 160],
+    }
     stage1 = inference_network(ckpt_path=str(MODELS / "stage1" / "model.pt"))  # the network it needs, from itself
     stage1.load_state_dict(read_state_dict(MODELS / "stage1" / "model.pt"), strict=True)
+    assert stage1.moe is None
     stage1_parameters = dict(stage1.named_parameters())
-    frozen = {name: p for name, p in freeze_except(final).named_parameters() if not p.requires_grad}
-    assert len(frozen) > 100
-    for name, parameter in frozen.items():  # stage 2 started from the shipped stage-1 model, its frozen part unchanged
-        assert torch.equal(stage1_parameters[name], parameter), name
+    base = [(name, p) for name, p in final.named_parameters() if name in stage1_parameters]
+    assert len(base) == len(stage1_parameters)
+    similarity = [  # every base tensor trained on from stage 1's: changed, but close
+        torch.nn.functional.cosine_similarity(p.flatten(), stage1_parameters[name].flatten(), dim=0).item()
+        for name, p in base
+        if p.numel() > 1
+    ]
+    assert min(similarity) > 0.9 and any(not torch.equal(p, stage1_parameters[name]) for name, p in base)
 
 
 def test_large_files_yml_hashes_match_the_files():

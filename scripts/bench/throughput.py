@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from bundle.checkpoints import read_network_settings
 from monai.bundle import ConfigParser
 
 from .latency import ROWS as NETWORK_ROWS
@@ -21,7 +22,7 @@ from .peers import MONAI_PEERS, peer_settings
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KVASIR = REPO_ROOT.parent / "shared" / "data" / "kvasir-seg"
 INFERENCE_CONFIG = REPO_ROOT / "configs" / "inference.json"
-IMAGE_SIZE = [128, 128]  # the shipped model's
+IMAGE_SIZE = read_network_settings(REPO_ROOT / "models" / "model.pt")["image_size"]  # the shipped model's
 
 
 @dataclass(frozen=True)
