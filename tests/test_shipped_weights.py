@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from bundle.checkpoints import read_network_settings, read_state_dict
+from bundle.checkpoints import read_state_dict
 from bundle.demo import make_demo_dataset
 from bundle.io import sha256_of
 from monai.bundle import ConfigParser
@@ -28,11 +28,15 @@ def inference_network(**overrides) -> torch.nn.Module:
     return parser.get_parsed_content("network_def").eval()
 
 
-def test_shipped_weights_load_strictly_and_record_the_model_card_settings():
-    """model.pt is the 160-px MoE network that stage 2 fine-tuned, whole, from the 128-px stage1/model.pt."""
+def test_shipped_weights_load_strictly_and_run_at_the_model_card_settings():
+    """model.pt (a plain state_dict, as the model zoo loads it) is the MoE network that stage 2 fine-tuned, whole,
+    from the 128-px stage1/model.pt; inference.json runs it at 160×160."""
     final = inference_network()
     final.load_state_dict(read_state_dict(MODELS / "model.pt"), strict=True)
-    assert read_network_settings(MODELS / "model.pt") == {
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser.update({"bundle_root": str(REPO_ROOT)})
+    assert parser.get_parsed_content("network_settings") == {
         "encoder": "mobilenetv2",
         "use_moe": True,
         "in_channels": 3,
