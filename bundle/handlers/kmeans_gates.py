@@ -12,6 +12,8 @@ import logging
 import torch
 from ignite.engine import Engine, Events
 
+from .moe_loss import unwrap
+
 logger = logging.getLogger(__name__)
 
 
@@ -53,9 +55,9 @@ class KMeansGateInit:
         engine.add_event_handler(Events.EPOCH_STARTED(once=1), self)
 
     @torch.no_grad()
-    def gate_inputs(self, engine: Engine) -> torch.Tensor:
-        """(N, emb_size) pooled fused skips of the first ``batches`` training batches."""
-        network = getattr(engine.network, "module", engine.network)
+    def gate_inputs(self, engine: Engine, network: torch.nn.Module) -> torch.Tensor:
+        """(N, emb_size) pooled fused skips of ``network`` (the unwrapped LH-UTANet) on the first ``batches``
+        training batches."""
         pooled = []
         for index, batch in enumerate(engine.data_loader):
             if index == self.batches:
@@ -66,10 +68,10 @@ class KMeansGateInit:
         return torch.cat(pooled)
 
     def __call__(self, engine: Engine) -> None:
-        network = getattr(engine.network, "module", engine.network)
+        network = unwrap(engine.network)
         if getattr(network, "moe", None) is None:
             raise ValueError("KMeansGateInit needs a network with an MoE (use_moe true): stage 2.")
-        points = self.gate_inputs(engine)
+        points = self.gate_inputs(engine, network)
         generator = torch.Generator().manual_seed(self.seed)
         centroids = kmeans(points, len(network.moe.experts), self.iterations, generator)
         assignment = torch.cdist(points, centroids).argmin(dim=1)
