@@ -18,7 +18,8 @@ Rows (``--rows``, default all):
 
 Each row's run folder under ``--work_dir`` keeps its checkpoints, logs and ``result.json``; a re-run reuses
 finished rows, so an interrupted comparison continues where it stopped. The summary is written to
-``--output``: ``results.csv``, ``results.md`` (tables, budget, commands) and ``dice_vs_latency.png``.
+``--output``: ``results.csv``, ``results.md`` (tables, budget, commands), ``dice_vs_latency.png`` and
+``validation_curves.png`` (validation Dice against training minutes).
 
 Usage (from the repository root):
     python scripts/compare_models.py --dataset_dir ../shared/data/kvasir-seg --work_dir runs/compare/kvasir \\
@@ -221,17 +222,25 @@ def run_logged(command: list[str], log_path: Path, threads: int) -> float:
     return time.perf_counter() - start
 
 
-def scalar_history(log_dir: Path, tag: str) -> list[float]:
-    """Values of the TensorBoard scalar ``tag`` written under ``log_dir``, in step order."""
+def scalar_events(log_dir: Path, tag: str) -> list[tuple[float, float]]:
+    """``(minutes since the run's first TensorBoard event, value)`` of the scalar ``tag`` written under
+    ``log_dir``, in step order."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    values: list[tuple[int, float]] = []
+    events: list[tuple[int, float, float]] = []
+    start = math.inf
     for event_file in sorted(log_dir.glob("events.out.tfevents.*")):
         accumulator = EventAccumulator(str(event_file), size_guidance={"scalars": 0})
         accumulator.Reload()
+        start = min(start, accumulator.FirstEventTimestamp())
         if tag in accumulator.Tags()["scalars"]:
-            values += [(event.step, event.value) for event in accumulator.Scalars(tag)]
-    return [value for _, value in sorted(values)]
+            events += [(event.step, event.wall_time, event.value) for event in accumulator.Scalars(tag)]
+    return [((wall_time - start) / 60, value) for _, wall_time, value in sorted(events)]
+
+
+def scalar_history(log_dir: Path, tag: str) -> list[float]:
+    """Values of the TensorBoard scalar ``tag`` written under ``log_dir``, in step order."""
+    return [value for _, value in scalar_events(log_dir, tag)]
 
 
 def expert_usage_summary(usage_path: Path) -> str:
@@ -424,6 +433,16 @@ class Comparison:
                 out[f"{split}_{metric}_{stat}"] = summary["metrics"][metric][stat]
         return out
 
+    def validation_curve(self, key: str) -> list[tuple[float, float]]:
+        """``(training minutes, validation Dice)`` per validation of the row; a stage-2 row continues its stage-1
+        row's curve after that row's train minutes."""
+        row, logs = self.rows[key], self.run_dir(key) / "train_logs"
+        if row.stage1_row is None or self.args.stage1_ckpt:
+            return scalar_events(logs, "val_mean_dice")
+        offset = self.result(row.stage1_row)["train_minutes"]
+        stage2 = [(offset + minutes, dice) for minutes, dice in scalar_events(logs, "val_mean_dice")]
+        return self.validation_curve(row.stage1_row) + stage2
+
     def measure(self, key: str) -> dict[str, Any]:
         """Params, GMACs and median batch-1 CPU latency of the row's network at the budget's image size."""
         row = self.rows[key]
@@ -535,9 +554,14 @@ def budget_text(args: argparse.Namespace, test_images: int) -> str:
 
 
 def write_summary(
-    results: list[dict[str, Any]], rows: dict[str, CompareRow], args: argparse.Namespace, command: str
+    results: list[dict[str, Any]],
+    rows: dict[str, CompareRow],
+    args: argparse.Namespace,
+    command: str,
+    curves: dict[str, list[tuple[float, float]]],
 ) -> None:
-    """Write results.csv, results.md and dice_vs_latency.png into ``args.output``."""
+    """Write results.csv, results.md, dice_vs_latency.png and validation_curves.png (``curves``: per row key,
+    ``(training minutes, validation Dice)``) into ``args.output``."""
     output = Path(args.output)
     atomic_write_csv(output / "results.csv", COLUMNS, results)
 
@@ -578,18 +602,32 @@ def write_summary(
             medians,
             *filter(None, [ablation_table(results, rows), study_table(results, rows)]),
             "![test Dice against CPU latency](dice_vs_latency.png)",
+            "![validation Dice against training minutes](validation_curves.png)",
         ]
     )
     atomic_write_text(output / "results.md", text + "\n")
     atomic_write(output / "dice_vs_latency.png", lambda tmp: plot(results, tmp, f"{args.image_size}×{args.image_size}"))
+    atomic_write(output / "validation_curves.png", lambda tmp: plot_curves(curves, tmp))
+
+
+def new_axes() -> tuple[Figure, Any]:
+    """A 7x4.5-inch figure on the Agg canvas and its one axes."""
+    figure = Figure(figsize=(7, 4.5))
+    FigureCanvasAgg(figure)
+    return figure, figure.add_subplot()
+
+
+def save_png(figure: Figure, axes: Any, path: Path) -> None:
+    """Grid the axes and write the figure to ``path`` as a 120-dpi PNG."""
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, format="png", dpi=120)
 
 
 def plot(results: list[dict[str, Any]], path: Path, size: str) -> None:
     """Scatter of test Dice against CPU latency, one labelled point per network (ablation and study rows have their
     tables)."""
-    figure = Figure(figsize=(7, 4.5))
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
+    figure, axes = new_axes()
     for result in (r for r in results if not r["row"].startswith(("ablation-", "study-"))):
         lh = result["row"].startswith("lh-")
         axes.scatter(
@@ -604,9 +642,20 @@ def plot(results: list[dict[str, Any]], path: Path, size: str) -> None:
         )
     axes.set_xlabel(f"CPU latency, batch 1, {size} (ms)")
     axes.set_ylabel("test Dice (mean, original resolution)")
-    axes.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, format="png", dpi=120)
+    save_png(figure, axes, path)
+
+
+def plot_curves(curves: dict[str, list[tuple[float, float]]], path: Path) -> None:
+    """Validation Dice against wall-clock training minutes, one line per row (stage-2 rows continue their stage 1)."""
+    figure, axes = new_axes()
+    for key, curve in curves.items():
+        if curve:
+            minutes, dice = zip(*curve)
+            axes.plot(minutes, dice, marker=".", linestyle="-" if key.startswith("lh-") else "--", label=key)
+    axes.set_xlabel("training minutes (wall clock, including validation)")
+    axes.set_ylabel("validation Dice (training size)")
+    axes.legend(fontsize=7)
+    save_png(figure, axes, path)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -617,7 +666,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--work_dir", required=True, help="folder for the run folders (checkpoints, logs, cached results)"
     )
-    parser.add_argument("--output", required=True, help="folder for results.csv, results.md and dice_vs_latency.png")
+    parser.add_argument("--output", required=True, help="folder for results.csv, results.md and the two plots")
     parser.add_argument(
         "--validation_as_test",
         action="store_true",
@@ -682,7 +731,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # costs are measured afresh, all rows together once training is over, so no training run disturbs the latencies
     results = [{**result, **comparison.measure(key)} for key, result in zip(keys, results)]
     command = shlex.join(["python", "scripts/compare_models.py", *(argv if argv is not None else sys.argv[1:])])
-    write_summary(results, rows, args, command)
+    curves = {key: comparison.validation_curve(key) for key in keys if not key.startswith(("ablation-", "study-"))}
+    write_summary(results, rows, args, command, curves)
     print((Path(args.output) / "results.md").read_text(encoding="utf-8"))
     return 0
 

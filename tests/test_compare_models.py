@@ -59,8 +59,20 @@ def test_csv_has_every_column_filled_for_both_networks(comparison):
     stage1 = json.loads((root / "runs" / "lh-mobilenetv2" / "result.json").read_text())
     assert float(lh["train_minutes"]) > stage1["train_minutes"]
     assert math.isclose(float(unet["params_m"]), 6.496, abs_tol=0.01)  # MONAI UNet(32-512, 2 res units)
-    assert (root / "out" / "dice_vs_latency.png").read_bytes().startswith(b"\x89PNG")
+    for plot in ("dice_vs_latency.png", "validation_curves.png"):
+        assert (root / "out" / plot).read_bytes().startswith(b"\x89PNG")
     assert "| LH-UTANet mobilenetv2 (stage 1 + 2" in (root / "out" / "results.md").read_text()
+
+
+def test_validation_curve_of_a_stage2_row_continues_its_stage1_curve(comparison):
+    root, argv = comparison
+    runs = compare_models.Comparison(compare_models.parse_args(argv), compare_models.build_rows([]))
+    stage1, both = runs.validation_curve("lh-mobilenetv2"), runs.validation_curve("lh-mobilenetv2-moe")
+    stage1_minutes = json.loads((root / "runs" / "lh-mobilenetv2" / "result.json").read_text())["train_minutes"]
+    assert len(stage1) == 1 and both[:1] == stage1 and len(both) == 2  # one validation per epoch
+    assert 0 < stage1[0][0] < stage1_minutes < both[1][0]
+    logged = compare_models.scalar_history(root / "runs" / "lh-mobilenetv2-moe" / "train_logs", "val_mean_dice")
+    assert [dice for _, dice in both] == [stage1[0][1], *logged]
 
 
 def test_rerun_reuses_finished_rows_and_refuses_another_budget(comparison):

@@ -174,6 +174,26 @@ def test_postprocess_mask_options():
     assert postprocess_mask(probabilities, keep_largest_component=True, fill_holes=True).sum() == 18 * 18
 
 
+POSTPROCESSING_IDS = ("threshold", "keep_largest_component", "fill_holes", "min_component_size")
+
+
+def test_evaluation_post_processes_with_the_ids_and_defaults_of_inference():
+    inference = ConfigParser.load_config_files([CONFIGS / "inference.json"])
+    evaluation = ConfigParser()
+    evaluation.read_config([CONFIGS / "train.json", CONFIGS / "evaluate.json"])
+    assert {key: evaluation[key] for key in POSTPROCESSING_IDS} == {key: inference[key] for key in POSTPROCESSING_IDS}
+    evaluation.update({"keep_largest_component": True, "fill_holes": True, "threshold": 0.4})
+    (binary,) = (
+        t for t in evaluation.get_parsed_content("validate#postprocessing").transforms if hasattr(t, "options")
+    )
+    assert binary.options == {
+        "threshold": 0.4,
+        "keep_largest_component": True,
+        "fill_holes": True,
+        "min_component_size": 0,
+    }
+
+
 def test_torchscript_and_onnx_backends_match_torch(tmp_path, mixed):
     ckpt = save_checkpoint(tmp_path / "random.pt", all_foreground=False)
     ts_path, onnx_path = tmp_path / "model.ts", tmp_path / "model.onnx"
