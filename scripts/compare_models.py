@@ -712,6 +712,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="CPU threads of each training and evaluation process (1 suits two comparisons side by side)",
     )
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for the latency measurement")
+    parser.add_argument(
+        "--train_only",
+        action="store_true",
+        help="train and evaluate the rows into --work_dir, measure and write nothing else: for parts of one "
+        "comparison run side by side; the same command without it then writes the summary from the cached rows",
+    )
     return parser.parse_args(argv)
 
 
@@ -728,6 +734,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"--rows: unknown row(s) {unknown}; choose from {list(rows)}")
     comparison = Comparison(args, rows)
     results = [comparison.result(key) for key in keys]
+    if args.train_only:
+        return 0
     # costs are measured afresh, all rows together once training is over, so no training run disturbs the latencies
     results = [{**result, **comparison.measure(key)} for key, result in zip(keys, results)]
     command = shlex.join(["python", "scripts/compare_models.py", *(argv if argv is not None else sys.argv[1:])])

@@ -81,6 +81,14 @@ def test_rerun_reuses_finished_rows_and_refuses_another_budget(comparison):
     before = checkpoint.stat().st_mtime_ns
     assert compare_models.main(argv) == 0
     assert checkpoint.stat().st_mtime_ns == before
+    elsewhere = [
+        *argv[: argv.index("--output")],
+        "--output",
+        str(root / "elsewhere"),
+        *argv[argv.index("--output") + 2 :],
+    ]
+    assert compare_models.main([*elsewhere, "--train_only"]) == 0
+    assert not (root / "elsewhere").exists() and checkpoint.stat().st_mtime_ns == before
     changed = [*argv[: argv.index("--epochs")], "--epochs", "2", *argv[argv.index("--epochs") + 2 :]]
     with pytest.raises(RuntimeError, match="another budget"):
         compare_models.main(changed)
