@@ -530,7 +530,12 @@ def budget_text(args: argparse.Namespace, test_images: int) -> str:
             f"{stage2:g} of them in stage 2 on a stage-1 run of {args.minutes - stage2:g} minutes (the stage-1 rows); "
         )
     elif args.stage1_ckpt:
-        training = f"Budget: stage 1 is the given checkpoint `{args.stage1_ckpt}` (not trained here); "
+        training = (
+            f"Budget: stage 1 is the given checkpoint `{args.stage1_ckpt}` (not trained here), which every stage-2 "
+            f"row fine-tunes for {args.stage2_epochs} epochs"
+            + (" (recipe (b): twice that)" if args.study else "")
+            + "; "
+        )
     else:
         training = (
             f"Budget: every network {args.epochs} stage-1 epochs; stage-2 rows add {args.stage2_epochs} epochs "
@@ -646,7 +651,8 @@ def plot(results: list[dict[str, Any]], path: Path, size: str) -> None:
 
 
 def plot_curves(curves: dict[str, list[tuple[float, float]]], path: Path) -> None:
-    """Validation Dice against wall-clock training minutes, one line per row (stage-2 rows continue their stage 1)."""
+    """Validation Dice against wall-clock training minutes, one line per row (a stage-2 row's line starts with its
+    stage 1)."""
     figure, axes = new_axes()
     for key, curve in curves.items():
         if curve:
@@ -739,7 +745,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # costs are measured afresh, all rows together once training is over, so no training run disturbs the latencies
     results = [{**result, **comparison.measure(key)} for key, result in zip(keys, results)]
     command = shlex.join(["python", "scripts/compare_models.py", *(argv if argv is not None else sys.argv[1:])])
-    curves = {key: comparison.validation_curve(key) for key in keys if not key.startswith(("ablation-", "study-"))}
+    continued = {rows[key].stage1_row for key in keys}  # a stage-2 row's curve already starts with its stage 1
+    curves = {
+        key: comparison.validation_curve(key)
+        for key in keys
+        if not key.startswith(("ablation-", "study-")) and key not in continued
+    }
     write_summary(results, rows, args, command, curves)
     print((Path(args.output) / "results.md").read_text(encoding="utf-8"))
     return 0
