@@ -165,9 +165,11 @@ def training_save_dir(folder: str | os.PathLike) -> str:
 def training_network_settings(requested: dict[str, object], served_ckpt: str | os.PathLike) -> dict[str, object]:
     """train.json's network settings: ``requested`` (its ids); under a MONAI Label server, with the encoder and
     channels of the model it serves and warm-starts the training from (``served_ckpt``, when it exists), so that
-    MONAI Label's non-strict CheckpointLoader finds every weight it can load (``use_moe`` stays as requested)."""
+    MONAI Label's non-strict CheckpointLoader finds every weight it can load (``use_moe`` stays as requested).
+    ``use_moe`` is read with ``flag``: ``--use_moe false`` arrives as the string "false"."""
+    requested = {**requested, "use_moe": flag(requested["use_moe"], "use_moe")}
     if not os.environ.get(MONAI_LABEL_ENV) or not Path(served_ckpt).is_file():
-        return dict(requested)
+        return requested
     served = read_network_settings(served_ckpt)
     return {**requested, **{key: served[key] for key in SHAPE_SETTINGS if key != "use_moe"}}
 

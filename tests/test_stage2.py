@@ -12,8 +12,9 @@ from bundle.demo import make_demo_dataset
 from bundle.finetune import freeze_except
 from bundle.handlers import MoEBalanceLossHandler
 from bundle.networks import LightweightHierarchicalUTANet
+from monai.bundle import ConfigParser
 
-from tests.helpers import FAST, REPO_ROOT, run_bundle, tiny_trainer
+from tests.helpers import CONFIGS, FAST, REPO_ROOT, messages, run_bundle, tiny_trainer
 
 
 def stage1_checkpoint(folder, encoder="mobilenetv2"):
@@ -99,6 +100,20 @@ def test_other_encoder_checkpoint_is_refused(tmp_path):
     assert str(resnet_stage1) in str(error.value)
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         load_stage1_weights(network, tmp_path / "nothing.pt")
+
+
+@pytest.mark.parametrize("given, expected", [("false", False), ("True", True), (False, False)])
+def test_use_moe_from_the_command_line_is_read_as_a_flag(given, expected):
+    """``--use_moe false`` reaches train.json as the string "false": the network must not get the MoE."""
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "finetune_moe.json")])
+    parser.update({"use_moe": given})
+    assert parser.get_parsed_content("network_settings")["use_moe"] is expected
+    assert (parser.get_parsed_content("network_def").moe is not None) is expected
+    parser.update({"use_moe": "no"})
+    with pytest.raises(RuntimeError) as error:
+        parser.get_parsed_content("network_settings", lazy=False)
+    assert "use_moe must be true or false, got 'no'" in messages(error.value)
 
 
 def test_freezing_keeps_batchnorm_in_eval_mode():
