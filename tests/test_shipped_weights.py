@@ -30,7 +30,7 @@ def inference_network(**overrides) -> torch.nn.Module:
 
 def test_shipped_weights_load_strictly_and_run_at_the_model_card_settings():
     """model.pt (a plain state_dict, as the model zoo loads it) is the MoE network that stage 2 fine-tuned, whole,
-    from the 128-px stage1/model.pt; inference.json runs it at 160×160."""
+    from the 128-px stage1/model.pt (at 160 px, then at 224 px); inference.json runs it at 224×224."""
     final = inference_network()
     final.load_state_dict(read_state_dict(MODELS / "model.pt"), strict=True)
     parser = ConfigParser()
@@ -42,7 +42,7 @@ def test_shipped_weights_load_strictly_and_run_at_the_model_card_settings():
         "in_channels": 3,
         "out_channels": 1,
         "top_k": 2,
-        "image_size": [160, 160],
+        "image_size": [224, 224],
     }
     stage1 = inference_network(ckpt_path=str(MODELS / "stage1" / "model.pt"))  # the network it needs, from itself
     stage1.load_state_dict(read_state_dict(MODELS / "stage1" / "model.pt"), strict=True)

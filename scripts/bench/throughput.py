@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bundle.checkpoints import read_network_settings
 from monai.bundle import ConfigParser
 
 from .latency import ROWS as NETWORK_ROWS
@@ -22,7 +21,18 @@ from .peers import MONAI_PEERS, peer_settings
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KVASIR = REPO_ROOT.parent / "shared" / "data" / "kvasir-seg"
 INFERENCE_CONFIG = REPO_ROOT / "configs" / "inference.json"
-IMAGE_SIZE = read_network_settings(REPO_ROOT / "models" / "model.pt")["image_size"]  # the shipped model's
+
+
+def shipped_image_size() -> list[int]:
+    """[H, W] that inference.json runs the shipped models/model.pt at (a plain state_dict: its
+    ``plain_checkpoint_defaults``)."""
+    parser = ConfigParser()
+    parser.read_config(str(INFERENCE_CONFIG))
+    parser.update({"bundle_root": str(REPO_ROOT)})
+    return list(parser.get_parsed_content("network_settings")["image_size"])
+
+
+IMAGE_SIZE = shipped_image_size()
 
 
 @dataclass(frozen=True)
