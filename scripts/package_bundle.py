@@ -9,6 +9,12 @@ builds (MONAI Label loads it non-strictly, so a mismatch would otherwise go unno
 ``large_files.yml`` whose entries give ``path``, ``url`` (``URL/<path under models/>``: upload ``models/`` there),
 ``hash_val`` and ``hash_type`` (sha256, checked against the files here), as the model zoo's CONTRIBUTING.md asks.
 
+What ships runs without this repository's editable install: ``bundle/``, ``configs/``, ``docs/`` and ``scripts/`` go
+in whole, as found in the tree (every package, sub-package, data file and figure; no cache, hidden file or binary),
+with ``pyproject.toml`` and ``requirements.txt`` for ``scripts/setup_env.sh``; ``pyproject.toml``'s version must be
+the metadata's.
+Folders get mode 755, files 644 (755 with a ``#!`` line), in the zip and in the model-zoo folder.
+
 Usage (from the repository root):
     python scripts/package_bundle.py [--output dist/lh_utanet_bundle-<version>.zip] [--include-weights] [--overwrite]
     python scripts/package_bundle.py --model-zoo DIR --weights-url https://host/path/models
@@ -27,14 +33,25 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
-from bundle.io import atomic_write, atomic_write_text, sha256_of
+from bundle.atomic_files import atomic_write, atomic_write_text, sha256_of
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 BUNDLE_NAME = "lh_utanet"
 MODEL_ZOO_NAME = "polyp_colonoscopy_segmentation"  # the model zoo names bundles by target, data type and task
-REQUIRED = ("configs/metadata.json", "configs/inference.json", "configs/train.json", "docs/README.md", "LICENSE")
+REQUIRED = (
+    "configs/metadata.json",
+    "configs/inference.json",
+    "configs/train.json",
+    "docs/README.md",
+    "LICENSE",
+    "pyproject.toml",  # scripts/setup_env.sh installs the bundle from it (pip install -e .)
+    "requirements.txt",
+)
+FOLDERS = ("bundle", "configs", "docs", "scripts")  # shipped whole: a new package or file needs no edit here
+NOT_SHIPPED_SUFFIXES = (".pyc", ".pyo", ".pt", ".ts", ".onnx", ".zip")  # caches and binaries
 WEIGHTS, LARGE_FILES = "models/model.pt", "large_files.yml"
+DIR_MODE, FILE_MODE, SCRIPT_MODE = 0o755, 0o644, 0o755
 
 
 class PackagingError(Exception):
@@ -68,6 +85,22 @@ def check_metadata(metadata_path: Path) -> str:
     return version
 
 
+def check_pyproject_version(root: Path, version: str) -> None:
+    """PackagingError unless ``pyproject.toml``'s ``[project] version`` is ``version`` (the metadata's)."""
+    import tomllib
+
+    try:
+        with (root / "pyproject.toml").open("rb") as file:
+            found = tomllib.load(file).get("project", {}).get("version")
+    except tomllib.TOMLDecodeError as error:
+        raise PackagingError(f"{root / 'pyproject.toml'}: {error}") from None
+    if found != version:
+        raise PackagingError(
+            f"{root / 'pyproject.toml'}: version {found} differs from configs/metadata.json's {version}; "
+            f'set version = "{version}" under [project] in pyproject.toml'
+        )
+
+
 def check_weights_fit(root: Path) -> None:
     """PackagingError unless ``configs/inference.json`` builds a network that ``models/model.pt`` loads into strictly."""
     from bundle.backends import load_network
@@ -84,30 +117,24 @@ def check_weights_fit(root: Path) -> None:
         ) from error
 
 
+def shipped(root: Path, path: Path) -> bool:
+    """Whether the file ``path`` under ``root`` goes into the package: no hidden part, cache or binary."""
+    parts = path.relative_to(root).parts
+    return (
+        path.is_file()
+        and not any(part.startswith(".") or part == "__pycache__" for part in parts)
+        and not path.name.endswith(NOT_SHIPPED_SUFFIXES)
+    )
+
+
 def collect_files(root: Path, include_weights: bool) -> list[str]:
     """Paths (relative to ``root``, POSIX, sorted) that go into the zip; warns when no weights go in."""
     missing = [name for name in REQUIRED if not (root / name).is_file()]
     if missing:
         raise PackagingError(f"{root}: missing required file(s): {', '.join(missing)}")
-    patterns = (
-        "configs/*.json",
-        "configs/logging.conf",
-        "docs/*.md",
-        "docs/*.txt",
-        "docs/schema/**/*",
-        "LICENSE",
-        "requirements.txt",
-        "bundle/**/*.py",
-        "scripts/*.py",
-        "scripts/*.sh",
-    )
-    files = {
-        path.relative_to(root).as_posix()
-        for pattern in patterns
-        for path in root.glob(pattern)
-        if path.is_file()
-        and not any(part.startswith(".") or part == "__pycache__" for part in path.relative_to(root).parts)
-    }
+    candidates = [root / name for name in REQUIRED]
+    candidates += [path for folder in FOLDERS for path in (root / folder).rglob("*")]
+    files = {path.relative_to(root).as_posix() for path in candidates if shipped(root, path)}
     if include_weights and (root / WEIGHTS).is_file():
         check_weights_fit(root)
         files.add(WEIGHTS)
@@ -119,14 +146,33 @@ def collect_files(root: Path, include_weights: bool) -> list[str]:
     return sorted(files)
 
 
+def file_mode(path: Path) -> int:
+    """755 for a file that starts with ``#!`` (a script run directly), else 644."""
+    with path.open("rb") as file:
+        return SCRIPT_MODE if file.read(2) == b"#!" else FILE_MODE
+
+
+def folders_of(files: Sequence[str]) -> list[str]:
+    """Every folder (POSIX, relative) that holds one of ``files``, parents first."""
+    return sorted({parent.as_posix() for name in files for parent in Path(name).parents if parent != Path(".")})
+
+
 def write_zip(root: Path, files: Sequence[str], output: Path) -> None:
-    """Zip ``files`` under ``BUNDLE_NAME/`` into ``output`` atomically; checkpoints are stored, the rest deflated."""
+    """Zip ``files`` under ``BUNDLE_NAME/`` into ``output`` atomically, with a 755 entry for each folder and 644/755
+    file modes (``unzip`` applies them); checkpoints are stored, the rest deflated."""
 
     def write(tmp: Path) -> None:
         with zipfile.ZipFile(tmp, "w") as archive:
+            for folder in ["", *folders_of(files)]:
+                info = zipfile.ZipInfo(f"{BUNDLE_NAME}/{folder}/" if folder else f"{BUNDLE_NAME}/")
+                info.create_system, info.external_attr = 3, (0o040000 | DIR_MODE) << 16 | 0x10  # 0x10: MS-DOS dir
+                archive.writestr(info, b"")
             for name in files:
-                method = zipfile.ZIP_STORED if name.endswith(".pt") else zipfile.ZIP_DEFLATED
-                archive.write(root / name, f"{BUNDLE_NAME}/{name}", compress_type=method)
+                info = zipfile.ZipInfo.from_file(root / name, f"{BUNDLE_NAME}/{name}")
+                info.create_system, info.external_attr = 3, (0o100000 | file_mode(root / name)) << 16
+                info.compress_type = zipfile.ZIP_STORED if name.endswith(".pt") else zipfile.ZIP_DEFLATED
+                with (root / name).open("rb") as source, archive.open(info, "w") as target:
+                    shutil.copyfileobj(source, target, 1 << 20)
 
     atomic_write(output, write)
 
@@ -161,6 +207,10 @@ def write_model_zoo(root: Path, files: Sequence[str], target: Path, weights_url:
                 (tmp / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(root / name, tmp / name)
         atomic_write_text(tmp / LARGE_FILES, large_files)
+        for folder in ["", *folders_of([*files, LARGE_FILES])]:
+            os.chmod(tmp / folder, DIR_MODE)  # mkdtemp made tmp 700
+        for name in {*files, LARGE_FILES}:
+            os.chmod(tmp / name, file_mode(tmp / name))
         os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -182,6 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = Path(args.bundle_root).resolve()
     try:
         version = check_metadata(root / "configs" / "metadata.json")
+        check_pyproject_version(root, version)
         if args.model_zoo:
             if not args.weights_url:
                 raise PackagingError("--model-zoo needs --weights-url, the URL that models/ is uploaded to")

@@ -69,7 +69,7 @@ def _bundle_copy(tmp_path: Path) -> Path:
     root = tmp_path / "copy"
     for folder in ("configs", "docs", "bundle", "scripts"):
         shutil.copytree(REPO_ROOT / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("LICENSE", "requirements.txt"):
+    for name in ("LICENSE", "requirements.txt", "pyproject.toml"):
         shutil.copy(REPO_ROOT / name, root / name)
     return root
 
@@ -118,7 +118,7 @@ def test_package_bundle_zip_refusals_and_metadata_check(tmp_path, capsys):
 def test_model_zoo_layout_downloads_its_weights_through_file_urls(tmp_path):
     """``--model-zoo``: no binaries, large_files.yml with url/hash per file; MONAI's download_large_files fetches them."""
     import yaml
-    from bundle.io import sha256_of
+    from bundle.atomic_files import sha256_of
     from monai.bundle import download_large_files
     from scripts.package_bundle import MODEL_ZOO_NAME
     from scripts.write_large_files import SHIPPED
