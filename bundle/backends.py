@@ -14,8 +14,11 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from torch import nn
 
+from . import onnx_cache
+from .atomic_files import atomic_write, sha256_of
 from .checkpoints import SHAPE_SETTINGS, read_network_settings, read_state_dict
-from .io import atomic_write, sha256_of
+from .errors import CheckpointError, MissingFileError, SettingError
+from .formats import error_reason
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +36,7 @@ def load_network(network: nn.Module, ckpt_path: str | os.PathLike) -> nn.Module:
     except RuntimeError as error:
         settings = read_network_settings(ckpt_path)
         needed = " ".join(f"--{key} {settings[key]}" for key in SHAPE_SETTINGS)
-        raise ValueError(f"{ckpt_path} does not fit network_def; it needs: {needed}.\n{error}") from error
+        raise CheckpointError(f"{ckpt_path} does not fit network_def; it needs: {needed}.") from error
     return network.eval()
 
 
@@ -93,11 +96,6 @@ def onnx_runtime_available() -> bool:
     return True
 
 
-def default_onnx_cache() -> Path:
-    """``$XDG_CACHE_HOME/lh_utanet/onnx`` (``~/.cache/lh_utanet/onnx``): where ``backend auto`` keeps its exports."""
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lh_utanet" / "onnx"
-
-
 def cached_onnx_export(
     network: nn.Module,
     ckpt_path: str | os.PathLike,
@@ -115,30 +113,38 @@ def cached_onnx_export(
     """
     digest = sha256_of(ckpt_path)[:16]
     path = Path(cache_dir) / f"{Path(ckpt_path).stem}-{digest}-torch{torch.__version__.split('+')[0]}.onnx"
-    if path.is_file():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".onnx")
-    os.close(fd)
-    unverified = Path(name)
-    try:
-        in_channels = next(network.parameters()).shape[1]
-        export_onnx(network, unverified, probe_size, in_channels)
-        probe = torch.rand(2, in_channels, *probe_size, generator=torch.Generator().manual_seed(0))
-        with torch.inference_mode():
-            expected = network(probe.to(next(network.parameters()).device)).cpu()
+    with onnx_cache.locked(cache_dir):
+        if onnx_cache.is_verified(path):
+            return path
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".onnx")
+        os.close(fd)
+        unverified = Path(name)
         try:
-            exported = OnnxPredictor(unverified).predict(probe)
-        except Exception as error:  # onnxruntime raises its own error types, e.g. for a batch size fixed at export
-            raise ValueError(f"the ONNX export of {ckpt_path} does not run on a probe batch: {error}") from error
-        difference = float((exported - expected).abs().max())
-        if difference > atol:
-            raise ValueError(f"the ONNX export of {ckpt_path} differs from torch by {difference:.2g} (> {atol})")
-        os.replace(unverified, path)
-        logger.info("exported %s to ONNX for backend auto: %s (max |difference| %.1e)", ckpt_path, path, difference)
-    finally:
-        unverified.unlink(missing_ok=True)
+            in_channels = next(network.parameters()).shape[1]
+            export_onnx(network, unverified, probe_size, in_channels)
+            difference = onnx_difference(network, unverified, ckpt_path, probe_size)
+            if difference > atol:
+                raise ValueError(f"the ONNX export of {ckpt_path} differs from torch by {difference:.2g} (> {atol})")
+            os.replace(unverified, path)
+            onnx_cache.record_sha256(path)
+            logger.info("exported %s to ONNX for backend auto: %s (max |difference| %.1e)", ckpt_path, path, difference)
+        finally:
+            unverified.unlink(missing_ok=True)
     return path
+
+
+def onnx_difference(network: nn.Module, onnx_path: Path, ckpt_path: str | os.PathLike, size: Sequence[int]) -> float:
+    """Largest |logit difference| between ``network`` and its ONNX export on a probe batch of 2 at ``size`` (H, W);
+    ValueError when ONNX Runtime cannot run the export (e.g. a batch size fixed at export)."""
+    in_channels = next(network.parameters()).shape[1]
+    probe = torch.rand(2, in_channels, *size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = network(probe.to(next(network.parameters()).device)).cpu()
+    try:
+        exported = OnnxPredictor(onnx_path).predict(probe)
+    except Exception as error:  # onnxruntime raises its own error types
+        raise ValueError(f"the ONNX export of {ckpt_path} does not run on a probe batch: {error}") from error
+    return float((exported - expected).abs().max())
 
 
 def load_predictor(
@@ -165,25 +171,25 @@ def load_predictor(
         network = load_network(network, ckpt_path).to("cpu")
         try:
             return OnnxPredictor(
-                cached_onnx_export(network, ckpt_path, onnx_cache_dir or default_onnx_cache(), probe_size)
+                cached_onnx_export(network, ckpt_path, onnx_cache_dir or onnx_cache.default_onnx_cache(), probe_size)
             )
-        except ValueError as error:  # a network ONNX Runtime cannot run as exported: torch it is
-            logger.warning("backend auto: %s; running torch instead.", error)
+        except Exception as error:  # an export that fails its check, an unusable cache folder: torch it is
+            logger.warning("backend auto: %s; running torch instead.", error_reason(error))
             return Predictor(network)
     if backend == "torch":
         return Predictor(load_network(network, ckpt_path).to(device))
     paths = {"torchscript": ts_path, "onnx": onnx_path, "onnx-int8": int8_path}
     if backend not in paths:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}.")
+        raise SettingError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}.")
     if not paths[backend] or not Path(paths[backend]).is_file():
-        raise FileNotFoundError(f"{backend} model not found: {paths[backend]}")
+        raise MissingFileError(f"{backend} model not found: {paths[backend]}; export it or choose another --backend.")
     try:
         if backend == "torchscript":
             return Predictor(torch.jit.load(str(ts_path), map_location=device).eval())
         return OnnxPredictor(paths[backend])
     except Exception as error:  # torch and onnxruntime raise their own error types for broken files
-        message = f"{backend} model {paths[backend]} is truncated or corrupt and cannot be read: {error}"
-        raise ValueError(message) from error
+        message = f"{backend} model {paths[backend]} is truncated or corrupt ({error_reason(error)}); export it again."
+        raise CheckpointError(message) from error
 
 
 def export_onnx(network: nn.Module, path: str | os.PathLike, image_size: Sequence[int], in_channels: int = 3) -> None:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .config import flag
+from .errors import CheckpointError, MissingFileError
 from .networks import ENCODERS
 
 logger = logging.getLogger(__name__)
@@ -31,11 +32,14 @@ def load_checkpoint(path: str | os.PathLike) -> object:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise MissingFileError(f"checkpoint not found: {path}; pass --ckpt_path FILE or --ckpt_dir FOLDER.")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises RuntimeError, EOFError, pickle errors ... for broken files
-        raise ValueError(f"checkpoint {path} is truncated or corrupt and cannot be read: {error}") from error
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or corrupt, or not a PyTorch checkpoint ({type(error).__name__}); "
+            "download or train it again."
+        ) from error
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -53,7 +57,7 @@ def _state_dict_of(checkpoint: object, path: str | os.PathLike) -> dict[str, tor
         if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
             checkpoint = checkpoint[key]
     if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        raise ValueError(f"{path} does not hold a model state_dict (a dict of tensors).")
+        raise CheckpointError(f"{path} does not hold a model state_dict (a dict of tensors); pass a model checkpoint.")
     return checkpoint
 
 
@@ -86,7 +90,7 @@ def read_network_settings(path: str | os.PathLike) -> dict[str, object]:
     stems = {f"encoder.{entry.cls.stem_key}": name for name, entry in ENCODERS.items()}
     found = [key for key in stems if key in state]
     if len(found) != 1 or "head.weight" not in state:
-        raise ValueError(f"{path} is not an LH-UTANet checkpoint (no encoder stem or head weights found).")
+        raise CheckpointError(f"{path} is not an LH-UTANet checkpoint (no encoder stem or head weights found).")
     recorded = checkpoint.get(NETWORK_SETTINGS_KEY, {}) if isinstance(checkpoint, dict) else {}
     return {
         **recorded,
@@ -97,9 +101,9 @@ def read_network_settings(path: str | os.PathLike) -> dict[str, object]:
     }
 
 
-class SettingsMismatchError(SystemExit):
-    """Settings given on the command line contradict the checkpoint. A SystemExit, so that
-    ``python -m monai.bundle run`` ends with this one line instead of a traceback through the config parser."""
+class SettingsMismatchError(CheckpointError):
+    """Settings given on the command line contradict the checkpoint (one line on the command line,
+    :mod:`bundle.errors`)."""
 
 
 def resolve_network_settings(
@@ -139,7 +143,9 @@ def final_or_stage1_checkpoint(ckpt_dir: str | os.PathLike) -> str:
     for candidate in candidates:
         if candidate.is_file():
             return str(candidate)
-    raise FileNotFoundError(f"no checkpoint found: looked for {candidates[0]} and {candidates[1]}. Train first.")
+    raise MissingFileError(
+        f"no checkpoint found: looked for {candidates[0]} and {candidates[1]}; train first or pass --ckpt_path FILE."
+    )
 
 
 MONAI_LABEL_ENV = "MONAI_LABEL_APP_DIR"  # set by ``monailabel start_server`` for its app and training runs

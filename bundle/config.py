@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .errors import SettingError
+
 
 def flag(value: bool | str, name: str) -> bool:
     """A boolean id: ``true`` / ``false`` from JSON, or any case of them from the command line.
@@ -13,4 +15,4 @@ def flag(value: bool | str, name: str) -> bool:
         return value
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
         return value.strip().lower() == "true"
-    raise ValueError(f"{name} must be true or false, got {value!r}")
+    raise SettingError(f"{name} must be true or false, got {value!r}")

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
+from .errors import DatasetError, MissingFileError
 from .formats import split_suffix
 from .splits import (  # noqa: F401  (also bundle.data.*: configs and cached budgets name them)
     Pair,
@@ -59,7 +60,7 @@ def _clashes(groups: Iterable[list[Path]], folder: Path) -> list[str]:
 def _existing_dir(dataset_dir: str | os.PathLike) -> Path:
     root = Path(os.path.abspath(dataset_dir))
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset_dir does not exist or is not a directory: {root}")
+        raise MissingFileError(f"dataset_dir does not exist or is not a directory: {root}")
     return root
 
 
@@ -127,7 +128,7 @@ def discover_pairs(dataset_dir: str | os.PathLike) -> tuple[list[Pair], list[Pro
         masks = _index_by_key(_image_files(mask_dir, recursive=True), mask_dir, "mask", problems)
         pairs = _match_masks(images, masks, image_dir, mask_dir, problems)
     elif image_dir.is_dir() or mask_dir is not None:
-        raise ValueError(f"{root} has only one of images/ and masks/ (or labels/); accepted: {ACCEPTED_LAYOUTS}")
+        raise DatasetError(f"{root} has only one of images/ and masks/ (or labels/); accepted: {ACCEPTED_LAYOUTS}")
     else:
         files = [
             path
@@ -144,15 +145,16 @@ def discover_pairs(dataset_dir: str | os.PathLike) -> tuple[list[Pair], list[Pro
 def find_image_mask_pairs(dataset_dir: str | os.PathLike) -> list[Pair]:
     """Discover ``{"image", "label"}`` pairs (absolute paths, sorted) in one of the accepted folder layouts.
 
-    Raises FileNotFoundError when ``dataset_dir`` is missing and ValueError, naming the offending files,
+    Raises MissingFileError when ``dataset_dir`` is missing and DatasetError, naming the offending files,
     for unmatched images or masks, ambiguous stems, or when no pairs are found.
     """
     pairs, problems = discover_pairs(dataset_dir)
     root = _existing_dir(dataset_dir)
     if problems:
-        raise ValueError(f"invalid dataset in {root}:\n  - " + "\n  - ".join(map(str, problems)))
+        listed = "".join(f"  - {problem}\n" for problem in problems)
+        raise DatasetError(f"{listed}invalid dataset in {root}: fix or remove the files listed above.")
     if not pairs:
-        raise ValueError(f"no image/mask pairs found in {root}; accepted layouts: {ACCEPTED_LAYOUTS}")
+        raise DatasetError(f"no image/mask pairs found in {root}; accepted layouts: {ACCEPTED_LAYOUTS}")
     return pairs
 
 
@@ -161,7 +163,7 @@ def read_datalist_json(path: Path, root: Path) -> dict[str, list[Pair]]:
     with open(path, encoding="utf-8") as f:
         raw = json.load(f)
     if not isinstance(raw, dict) or not isinstance(raw.get("training"), list):
-        raise ValueError(f"{path}: expected a JSON object with a 'training' list (and optional 'validation', 'test')")
+        raise DatasetError(f"{path}: expected a JSON object with a 'training' list (and optional 'validation', 'test')")
     out: dict[str, list[Pair]] = {}
     for key in SPLIT_KEYS:
         if key not in raw:
@@ -169,7 +171,7 @@ def read_datalist_json(path: Path, root: Path) -> dict[str, list[Pair]]:
         items = []
         for i, item in enumerate(raw[key]):
             if not (isinstance(item, dict) and all(isinstance(item.get(k), str) for k in ("image", "label"))):
-                raise ValueError(f"{path}: {key}[{i}] must be an object with 'image' and 'label' paths, got {item!r}")
+                raise DatasetError(f"{path}: {key}[{i}] must be an object with 'image' and 'label' paths, got {item!r}")
             items.append({k: os.path.abspath(root / item[k]) for k in ("image", "label")})
         out[key] = items
     return out
@@ -180,12 +182,12 @@ def _read_split_csv(path: Path, root: Path) -> dict[str, list[Pair]]:
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         if not {"name", "split"} <= set(reader.fieldnames or ()):
-            raise ValueError(f"{path}: expected columns 'name' and 'split', got {reader.fieldnames}")
+            raise DatasetError(f"{path}: expected columns 'name' and 'split', got {reader.fieldnames}")
         names: dict[str, list[str]] = {key: [] for key in SPLIT_KEYS}
         for line, row in enumerate(reader, start=2):
             split = CSV_SPLIT_NAMES.get((row["split"] or "").strip().lower())
             if split is None:
-                raise ValueError(f"{path}:{line}: unknown split {row['split']!r}; use train, val or test")
+                raise DatasetError(f"{path}:{line}: unknown split {row['split']!r}; use train, val or test")
             names[split].append(row["name"])
     pairs = find_image_mask_pairs(root)
     out: dict[str, list[Pair]] = {}
@@ -195,7 +197,9 @@ def _read_split_csv(path: Path, root: Path) -> dict[str, list[Pair]]:
             out[key], _, unmatched = select_by_names(pairs, names[key])
             missing += unmatched
     if missing:
-        raise ValueError(f"{path}: {len(missing)} name(s) match no image/mask pair in {root}: {format_files(missing)}")
+        raise DatasetError(
+            f"{path}: {len(missing)} name(s) match no image/mask pair in {root}: {format_files(missing)}"
+        )
     return out
 
 
@@ -216,7 +220,7 @@ def load_datalist(dataset_dir: str | os.PathLike, val_fraction: float = 0.2, see
     else:
         names_files = sorted(root.glob("*test_names.txt"))
         if len(names_files) > 1:
-            raise ValueError(f"{root}: several test-name files, keep one: {format_files(names_files)}")
+            raise DatasetError(f"{root}: several test-name files, keep one: {format_files(names_files)}")
         test_names = names_files[0].read_text(encoding="utf-8").splitlines() if names_files else None
         return split_pairs(find_image_mask_pairs(root), val_fraction=val_fraction, seed=seed, test_names=test_names)
     if "validation" not in data:
@@ -225,7 +229,7 @@ def load_datalist(dataset_dir: str | os.PathLike, val_fraction: float = 0.2, see
     result = {key: sorted(data.get(key, []), key=pair_key) for key in SPLIT_KEYS}
     missing = sorted({p for items in result.values() for pair in items for p in pair.values() if not os.path.isfile(p)})
     if missing:
-        raise FileNotFoundError(f"{source}: {len(missing)} listed file(s) do not exist: {format_files(missing)}")
+        raise MissingFileError(f"{source}: {len(missing)} listed file(s) do not exist: {format_files(missing)}")
     seen: dict[str, str] = {}
     leaked = []
     for key in SPLIT_KEYS:
@@ -233,5 +237,5 @@ def load_datalist(dataset_dir: str | os.PathLike, val_fraction: float = 0.2, see
             if seen.setdefault(pair["image"], key) != key:
                 leaked.append(f"{pair['image']} ({seen[pair['image']]} & {key})")
     if leaked:
-        raise ValueError(f"{source}: {len(leaked)} image(s) listed in more than one split: {format_files(leaked)}")
+        raise DatasetError(f"{source}: {len(leaked)} image(s) listed in more than one split: {format_files(leaked)}")
     return result

@@ -23,6 +23,7 @@ from PIL import Image
 
 from .config import flag
 from .data import ACCEPTED_LAYOUTS, Pair, Problem, discover_pairs, read_datalist_json
+from .errors import DatasetError
 from .formats import NIFTI_SUFFIXES, TIFF_SUFFIXES, error_reason, split_suffix
 from .transforms import mask_threshold
 
@@ -185,7 +186,7 @@ def check_dataset(dataset_dir: str | os.PathLike) -> DataReport:
         return check_pairs([pair for items in splits.values() for pair in items], root)
     pairs, problems = discover_pairs(root)
     if not pairs and not problems:
-        raise ValueError(f"no image/mask pairs found in {root}; accepted layouts: {ACCEPTED_LAYOUTS}")
+        raise DatasetError(f"no image/mask pairs found in {root}; accepted layouts: {ACCEPTED_LAYOUTS}")
     return check_pairs(pairs, root, problems)
 
 
@@ -198,6 +199,8 @@ def require_valid_data(pairs: Sequence[Pair], root: str | os.PathLike, enabled: 
         return None
     report = check_pairs(pairs, root)
     if not report.ok:
-        raise ValueError(f"{report}\nTraining refuses to start: fix or remove these files, or set check_data false.")
+        raise DatasetError(
+            f"{report}\nTraining refuses to start: fix or remove these files in {root}, or pass --check_data false."
+        )
     logger.info("%s", report)
     return report

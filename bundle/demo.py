@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from .io import atomic_write, atomic_write_json
+from .atomic_files import atomic_write, atomic_write_json
 from .splits import format_files
 
 DEMO_GENERATOR_VERSION = 1

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-from bundle.handlers.moe_loss import unwrap
 from ignite.engine import Engine, Events
 from torch import nn
+
+from .config import flag
+
+
+def unwrap(network: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel / DataParallel wrappers."""
+    return getattr(network, "module", network)
 
 
 def init_process_group(device: torch.device | str) -> None:
@@ -23,13 +29,16 @@ def init_process_group(device: torch.device | str) -> None:
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
 
 
-def convert_trainable_batchnorm(network: nn.Module) -> nn.Module:
-    """Replace every BatchNorm layer that has trainable parameters by a SyncBatchNorm; returns ``network``.
+def convert_trainable_batchnorm(network: nn.Module, enabled: bool = True) -> nn.Module:
+    """Replace every BatchNorm layer that has trainable parameters by a SyncBatchNorm (when ``enabled``, id
+    ``sync_batchnorm``); returns ``network``.
 
     Frozen BatchNorm layers (stage 2, see ``bundle.finetune.freeze_except``) normalise with their running
     statistics, so they have nothing to synchronise; they keep their eval-mode hooks. SyncBatchNorm runs on
     CUDA only.
     """
+    if not flag(enabled, "sync_batchnorm"):
+        return network
     for parent in list(network.modules()):
         for name, child in parent.named_children():
             if isinstance(child, nn.modules.batchnorm._BatchNorm) and any(p.requires_grad for p in child.parameters()):

@@ -7,8 +7,9 @@ import os
 import re
 from collections.abc import Sequence
 
-from bundle.checkpoints import load_stage1_weights
 from torch import nn
+
+from .checkpoints import load_stage1_weights
 
 logger = logging.getLogger(__name__)
 

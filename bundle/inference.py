@@ -4,14 +4,14 @@ and decoding in DataLoader workers with bad files kept aside.
 The config runs them through MONAI's ``SupervisedEvaluator``: ``plan`` (:class:`FolderPlan`) -> ``dataset``
 (:class:`DecodingDataset`) -> ``dataloader`` (:class:`DecodedBatches`) -> ``predictor``
 (:mod:`bundle.backends`) -> ``postprocessing`` (:mod:`bundle.postprocessing`) -> ``writer``
-(:class:`bundle.io.FolderWriter`). MONAI Label uses the same ``preprocessing``, ``inferer`` and ``postprocessing``.
+(:class:`bundle.writers.FolderWriter`). MONAI Label uses the same ``preprocessing``, ``inferer`` and ``postprocessing``.
 """
 
 from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,9 +19,12 @@ import numpy as np
 from monai.data import Dataset, list_data_collate
 from torch.utils.data import DataLoader
 
+from .atomic_files import check_output_dir
 from .config import flag
+from .errors import DatasetError
 from .formats import error_reason, is_nifti, split_suffix
-from .io import SKIPPED, error_row
+from .readers import header_problem
+from .report import REPORT_NAME, SKIPPED, error_row
 
 # ---------------------------------------------------------------- planning
 
@@ -40,24 +43,46 @@ class InputPlan:
 
 
 def discover_files(dataset_dir: str | os.PathLike, exclude: str | os.PathLike | None = None) -> list[Path]:
-    """Every non-hidden file under ``dataset_dir``, recursively and sorted, except those in a subfolder ``exclude``.
+    """Every non-hidden entry under ``dataset_dir`` that is a file or looks like one (a dangling link, a folder with
+    an image suffix: these get an error row), recursively and sorted, except those under ``exclude`` (the output
+    folder, when it lies inside ``dataset_dir``; when it is ``dataset_dir`` itself, earlier outputs are left out).
 
-    Raises FileNotFoundError when the folder does not exist and ValueError when it holds no files.
+    Raises DatasetError when the folder does not exist or holds no files.
     """
     root = Path(os.path.abspath(dataset_dir))
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset_dir does not exist or is not a directory: {root}")
-    excluded = Path(os.path.abspath(exclude)) if exclude else root
-    files = sorted(
-        path
-        for path in root.rglob("*")
-        if path.is_file()
-        and not any(part.startswith(".") for part in path.relative_to(root).parts)
-        and (excluded == root or excluded not in path.parents)
-    )
+        raise DatasetError(f"dataset_dir does not exist or is not a directory: {root}; pass --dataset_dir FOLDER.")
+    excluded = Path(os.path.realpath(exclude)) if exclude else None
+    files = []
+    for path in root.rglob("*"):
+        if any(part.startswith(".") for part in path.relative_to(root).parts):
+            continue
+        if excluded is not None and excluded != root.resolve() and excluded in Path(os.path.realpath(path)).parents:
+            continue
+        if path.is_file() or (split_suffix(path.name)[1] and (path.is_dir() or not path.exists())):
+            files.append(path)
+    files = sorted(files)
+    if excluded == root.resolve():
+        files = without_earlier_outputs(files)
     if not files:
-        raise ValueError(f"dataset_dir holds no files to segment: {root}")
+        raise DatasetError(f"dataset_dir holds no files to segment: {root}; pass a folder of images.")
     return files
+
+
+OUTPUT_SUFFIXES = ("_mask.png", "_mask.nii.gz", "_prob.npy", "_overlay.png")
+
+
+def without_earlier_outputs(files: Sequence[Path]) -> list[Path]:
+    """``files`` less the outputs an earlier run wrote beside its inputs (``a_mask.png`` next to ``a.jpg``)."""
+    stems = {path.parent / split_suffix(path.name)[0] for path in files}
+    return [
+        path
+        for path in files
+        if path.name != REPORT_NAME
+        and not any(
+            path.name.endswith(end) and path.parent / path.name[: -len(end)] in stems for end in OUTPUT_SUFFIXES
+        )
+    ]
 
 
 def output_bases(files: Sequence[Path], root: Path) -> dict[Path, Path]:
@@ -97,11 +122,9 @@ def plan_outputs(
     plans = []
     for path in files:
         relative = path.relative_to(root).as_posix()
-        if path not in bases:
-            plans.append(InputPlan(path, relative, {}, "unsupported format"))
-            continue
-        if path.stat().st_size == 0:
-            plans.append(InputPlan(path, relative, {}, "empty file"))
+        problem = unusable_entry(path, path in bases)
+        if problem:
+            plans.append(InputPlan(path, relative, {}, problem))
             continue
         base = str(out / bases[path])
         outputs = {"mask": Path(base + ("_mask.nii.gz" if is_nifti(path.name) else "_mask.png"))}
@@ -111,6 +134,41 @@ def plan_outputs(
             outputs["overlay"] = Path(base + "_overlay.png")
         plans.append(InputPlan(path, relative, outputs))
     return plans
+
+
+def unusable_entry(path: Path, supported: bool) -> str:
+    """Why the entry ``path`` cannot be segmented before it is even opened, or "" when it may be."""
+    if path.is_symlink() and not path.exists():
+        return f"dangling symbolic link to {os.readlink(path)}; fix or remove the link"
+    if path.is_dir():
+        return "a folder with an image suffix, not a file; rename it"
+    if not supported:
+        return "unsupported format"
+    if not os.access(path, os.R_OK):
+        return "permission denied; make the file readable (chmod +r)"
+    if path.stat().st_size == 0:
+        return "empty file"
+    return ""
+
+
+def estimated_output_bytes(plan: InputPlan) -> int:
+    """A rough upper estimate of what segmenting ``plan`` writes: a mask about a tenth of the input file (PNG of a
+    binary mask), probabilities 4 bytes and an overlay 3 bytes per pixel (pixels guessed from the file size)."""
+    size = plan.source.stat().st_size
+    estimate = size // 10 + 4096
+    if "probabilities" in plan.outputs:
+        estimate += 4 * size
+    if "overlay" in plan.outputs:
+        estimate += 3 * size
+    return estimate
+
+
+def remove_stale_temporaries(output_dir: Path) -> None:
+    """Remove the hidden temporary files (``.<name>.<random>.tmp``) that a killed run left beside its outputs."""
+    for path in output_dir.rglob(".*.tmp"):
+        name = path.name[1:].rsplit(".", 2)[0]
+        if name == REPORT_NAME or name.endswith(OUTPUT_SUFFIXES):
+            path.unlink(missing_ok=True)
 
 
 class FolderPlan:
@@ -140,7 +198,7 @@ class FolderPlan:
         self.todo: list[int] = []
         for index, plan in enumerate(self.inputs):
             if plan.error:
-                self.rows[index] = error_row(plan, plan.error)
+                self.rows[index] = error_row(plan.relative, plan.error)
             elif not self.overwrite and any(path.exists() for path in plan.outputs.values()):
                 self.rows[index] = {
                     "path": plan.relative,
@@ -149,6 +207,8 @@ class FolderPlan:
                 }
             else:
                 self.todo.append(index)
+        check_output_dir(self.output_dir, sum(estimated_output_bytes(self.inputs[index]) for index in self.todo))
+        remove_stale_temporaries(self.output_dir)
 
     def relative(self, path: Path) -> str:
         return Path(os.path.relpath(path, os.path.abspath(self.output_dir))).as_posix()
@@ -160,16 +220,25 @@ class FolderPlan:
 
 # ---------------------------------------------------------------- decoding
 
+DEFAULT_MAX_PIXELS = 50_000_000  # larger images are refused (a 50-megapixel RGB image decodes to 150 MB)
+
 
 class DecodingDataset(Dataset):
-    """MONAI ``Dataset`` whose items never raise: a file that fails to decode gives ``{"index", "error": reason}``,
-    so one bad file never stops a DataLoader worker or its batch."""
+    """MONAI ``Dataset`` whose items never raise: a file that fails its header check
+    (:func:`~bundle.readers.header_problem`: unreadable, not an image, over ``max_pixels``) or fails to decode gives
+    ``{"index", "error": reason}``, so one bad file never stops a DataLoader worker or its batch."""
+
+    def __init__(self, data: Sequence[dict], transform: Callable, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        super().__init__(data, transform)
+        self.max_pixels = int(max_pixels)
 
     def _transform(self, index: int) -> dict:
+        item = self.data[index]
         try:
-            return dict(super()._transform(index))
+            problem = header_problem(item["image"], self.max_pixels)
+            return {"index": item["index"], "error": problem} if problem else dict(super()._transform(index))
         except Exception as error:  # any decoder or transform failure becomes an error row
-            return {"index": self.data[index]["index"], "error": error_reason(error)}
+            return {"index": item["index"], "error": error_reason(error)}
 
 
 def split_failures(items: list[dict]) -> tuple[list[dict], list[dict]]:

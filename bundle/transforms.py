@@ -1,5 +1,5 @@
-"""Transforms MONAI lacks for 2D clinical images: a TIFF reader, channel and intensity normalisation, mask
-binarisation, and a fast anti-aliased downsampling resize.
+"""Transforms MONAI lacks for 2D clinical images: channel and intensity normalisation, mask binarisation, and a fast
+anti-aliased downsampling resize (the readers are in :mod:`bundle.readers`).
 
 Images arrive from ``LoadImaged`` + ``EnsureChannelFirstd`` as (C, H, W) (or (C, X, Y, 1) for a
 single-slice NIfTI) in their stored dtype; these transforms turn them into model input.
@@ -7,74 +7,18 @@ single-slice NIfTI) in their stored dtype; these transforms turn them into model
 
 from __future__ import annotations
 
-import os
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping
 from functools import lru_cache
 
 import numpy as np
-import tifffile
 import torch
 from monai.config import KeysCollection
-from monai.data import ImageReader, NibabelReader, PILReader
-from monai.data.utils import is_supported_format
 from monai.networks.layers.convutils import gaussian_1d
 from monai.transforms import MapTransform, Resized
 from monai.utils import ImageMetaKey, MetaKeys
 
 from .formats import JPEG_SUFFIXES
-
-ROW_MAJOR = "row_major"  # image meta key: True when the array is (H, W), rows first, while MONAI's 2D layout is (W, H)
-
-
-class RowMajorPILReader(PILReader):
-    """``PILReader(reverse_indexing=False)``: (H, W[, C]) arrays, rows first, marked ``meta["row_major"] = True``.
-
-    Its ``spatial_shape`` stays MONAI's (W, H), which MONAI Label's ``Restored`` uses; :class:`ToImageLayoutd`
-    turns predictions back into that layout.
-    """
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(reverse_indexing=False, **kwargs)
-
-    def get_data(self, img) -> tuple[np.ndarray, dict]:
-        array, meta = super().get_data(img)
-        meta[ROW_MAJOR] = True
-        return array, meta
-
-
-class TiffReader(ImageReader):
-    """Read .tif/.tiff with tifffile (PIL fails on many scientific TIFFs, e.g. 16-bit multi-sample).
-
-    Returns (H, W) or (H, W, C) arrays in the stored dtype, in the same (row, column) order and with the same
-    metadata as :class:`RowMajorPILReader` (``spatial_shape`` (W, H), ``row_major``); the channel axis is
-    recorded for ``EnsureChannelFirstd``.
-    """
-
-    def verify_suffix(self, filename: Sequence[str | os.PathLike] | str | os.PathLike) -> bool:
-        return is_supported_format(filename, ["tif", "tiff"])
-
-    def read(self, data: Sequence[str | os.PathLike] | str | os.PathLike, **kwargs) -> list[np.ndarray]:
-        filenames = [data] if isinstance(data, (str, os.PathLike)) else list(data)
-        return [np.squeeze(tifffile.imread(str(name))) for name in filenames]
-
-    def get_data(self, img: list[np.ndarray] | np.ndarray) -> tuple[np.ndarray, dict]:
-        arrays = img if isinstance(img, list) else [img]
-        if len(arrays) != 1 or arrays[0].ndim not in (2, 3):
-            raise ValueError(f"expected one 2D TIFF image (H, W) or (H, W, C), got shapes {[a.shape for a in arrays]}.")
-        array = arrays[0]
-        meta = {
-            MetaKeys.SPATIAL_SHAPE: np.asarray(array.shape[1::-1]),
-            ROW_MAJOR: True,
-            MetaKeys.ORIGINAL_CHANNEL_DIM: -1 if array.ndim == 3 else float("nan"),
-            MetaKeys.AFFINE: np.eye(3),
-            MetaKeys.ORIGINAL_AFFINE: np.eye(3),
-        }
-        return array, meta
-
-
-def image_readers() -> list[ImageReader]:
-    """Readers for PNG/JPG/BMP (row-major, i.e. (H, W[, C])), TIFF and NIfTI, for ``LoadImaged(reader=...)``."""
-    return [NibabelReader(), TiffReader(), RowMajorPILReader()]
+from .readers import GREY_TO_COLOUR, ROW_MAJOR
 
 
 def _squeeze_single_slice(image: torch.Tensor) -> torch.Tensor:
@@ -99,8 +43,8 @@ def _source(data: Mapping[Hashable, object], key: Hashable) -> str:
 class ToImageChannelsd(MapTransform):
     """(C, H, W[, 1]) image in its stored dtype -> (channels, H, W) float32 in [0, 1].
 
-    Grey is repeated to ``channels``, an alpha channel is dropped. 8-bit images are divided by 255;
-    16-bit, signed and float images (X-ray, CT, MR) are min-max scaled per image.
+    Grey is repeated to ``channels`` (meta ``grey_to_colour`` says so), an alpha channel is dropped. 8-bit images
+    are divided by 255; 16-bit, signed and float images (X-ray, CT, MR) are min-max scaled per image.
 
     Args:
         keys: image keys.
@@ -115,7 +59,8 @@ class ToImageChannelsd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             image = _drop_alpha(_squeeze_single_slice(d[key]))
-            if image.shape[0] == 1 and self.channels > 1:
+            grey_to_colour = image.shape[0] == 1 and self.channels > 1
+            if grey_to_colour:
                 image = image.repeat(self.channels, 1, 1)
             elif image.shape[0] > 1 and self.channels == 1:
                 image = image.float().mean(dim=0, keepdim=True)
@@ -124,6 +69,8 @@ class ToImageChannelsd(MapTransform):
                     f"{_source(d, key)}: has {image.shape[0]} channels, the network expects {self.channels}."
                 )
             d[key] = _scale_to_unit(image)
+            if hasattr(d[key], "meta"):
+                d[key].meta[GREY_TO_COLOUR] = grey_to_colour
         return d
 
 

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.inferers import Inferer
 
+from .errors import SettingError
+
 TTA_MODES: tuple[str, ...] = ("none", "flips", "flips+scales")
 FLIP_DIMS: tuple[tuple[int, ...], ...] = ((), (3,), (2,), (2, 3))  # identity, horizontal, vertical, both
 EPS = 1e-6
@@ -41,9 +43,9 @@ class TTAInferer(Inferer):
 
     def __init__(self, mode: str = "none", scales: Sequence[float] = (1.0,), stride: int = 32) -> None:
         if mode not in TTA_MODES:
-            raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, got {mode!r}.")
+            raise SettingError(f"tta must be one of {', '.join(TTA_MODES)}, got {mode!r}.")
         if mode == "flips+scales" and (not scales or any(s <= 0 for s in scales)):
-            raise ValueError(f"tta_scales must be positive factors, got {list(scales)}.")
+            raise SettingError(f"tta_scales must be positive factors, got {list(scales)}.")
         super().__init__()
         self.mode, self.stride = mode, stride
         self.scales = tuple(scales) if mode == "flips+scales" else (1.0,)

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from bundle.io import atomic_write_text
+from bundle.atomic_files import atomic_write_text
 from scripts.bench import architecture, latency, throughput
 from scripts.bench.measure import (
     NOISY_SPREAD,

@@ -12,8 +12,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from bundle.atomic_files import atomic_write_json
 from bundle.data import find_image_mask_pairs
-from bundle.io import atomic_write_json
 from bundle.splits import split_pairs
 
 

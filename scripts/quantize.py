@@ -23,9 +23,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+from bundle.atomic_files import atomic_write
 from bundle.backends import export_onnx, network_for_checkpoint
 from bundle.data import load_datalist
-from bundle.io import atomic_write
 from monai.bundle import ConfigParser
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
-from bundle.io import atomic_write_text, sha256_of
+from bundle.atomic_files import atomic_write_text, sha256_of
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

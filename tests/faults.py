@@ -10,6 +10,8 @@ from ignite.engine import Engine, Events
 
 
 def _in_epoch(engine: Engine) -> int:
+    if engine.state.epoch_length is None:  # a data iterable without a length (folder inference), in its first epoch
+        return engine.state.iteration
     return (engine.state.iteration - 1) % engine.state.epoch_length + 1
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bundle.networks import LightweightHierarchicalUTANet
 from monai.bundle import ConfigWorkflow
 from monai.engines import SupervisedTrainer
 from PIL import Image
@@ -37,6 +38,23 @@ def make_rectangles_dataset(folder: Path, count: int = 6, shape: tuple[int, int]
         image[mask > 0] = (220, 60, 60)
         write_pair(folder, f"case_{index:02d}", image, mask)
     return folder
+
+
+def save_checkpoint(path, all_foreground):
+    """A stage-2 MobileNetV2 checkpoint: all foreground (head bias +10), or random with a mixed mask."""
+    torch.manual_seed(0)
+    network = LightweightHierarchicalUTANet(encoder="mobilenetv2", use_moe=True).eval()
+    with torch.no_grad():
+        if all_foreground:
+            network.head.weight.zero_()
+            network.head.bias.fill_(10.0)
+        else:  # spread the logits (std 3) around 0 so that about half of each mask is foreground
+            example = torch.randn(2, 3, 64, 64)
+            network.head.bias.zero_()
+            network.head.weight.mul_(3 / network(example).std())
+            network.head.bias.fill_(-network(example).median().item())
+    torch.save(network.state_dict(), path)
+    return path
 
 
 def run_bundle(config_files: list[str], workflow_type: str = "train", **overrides) -> ConfigWorkflow:

@@ -349,7 +349,7 @@ def test_training_refuses_bad_data_unless_the_check_is_off(tmp_path):
 def test_overwrite_false_from_the_command_line_still_refuses(tmp_path):
     """``--overwrite false`` reaches the configs as the string "false", which must not mean overwrite."""
     from bundle.handlers import SegmentationMetricsWriter
-    from bundle.io import SaveMaskd
+    from bundle.writers import SaveMaskd
 
     writer = SegmentationMetricsWriter(tmp_path, overwrite="false")
     (tmp_path / "metrics_summary.json").write_text("{}")

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from bundle.checkpoints import SettingsMismatchError
 from bundle.demo import make_demo_dataset
+from bundle.errors import bundle_error_in_chain
 from monai.bundle import create_workflow
 from PIL import Image
 
@@ -70,8 +71,10 @@ def test_inference_runs_any_trained_checkpoint_with_only_its_folder(tmp_path, de
         assert masks_of(out) == sorted(f"{p.stem}_mask.png" for p in images.glob("*.png"))
         assert Image.open(out / masks_of(out)[0]).size == Image.open(next(images.glob("*.png"))).size
 
-    with pytest.raises(SettingsMismatchError, match='needs --encoder "resnet34"'):
+    with pytest.raises(Exception) as error:  # MONAI's config parser wraps it in a RuntimeError
         run_bundle(["inference.json"], "infer", ckpt_dir=str(run), encoder="mobilenetv2", dataset_dir=str(images))
+    mismatch = bundle_error_in_chain(error.value)
+    assert isinstance(mismatch, SettingsMismatchError) and 'needs --encoder "resnet34"' in str(mismatch)
     arguments = bundle_run_arguments(["inference.json"], ckpt_dir=str(run), dataset_dir=str(images), use_moe="false")
     command = [sys.executable, "-m", *arguments]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=False)

@@ -8,13 +8,14 @@ from typing import Any
 
 import ignite.distributed as idist
 import torch
-from bundle.io import atomic_write
 from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointSaver
 
+from ..atomic_files import atomic_write
+
 
 class _AtomicDiskSaver(DiskSaver):
-    """ignite's DiskSaver writing through :func:`bundle.io.atomic_write`; a fixed ``filename`` is replaced by the
+    """ignite's DiskSaver writing through :func:`bundle.atomic_files.atomic_write`; a fixed ``filename`` is replaced by the
     new file, never removed before it is written.
     """
 

@@ -12,7 +12,7 @@ import logging
 import torch
 from ignite.engine import Engine, Events
 
-from .moe_loss import unwrap
+from ..distributed import unwrap
 
 logger = logging.getLogger(__name__)
 

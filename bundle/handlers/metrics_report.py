@@ -9,8 +9,6 @@ from pathlib import Path
 import ignite.distributed as idist
 import numpy as np
 import torch
-from bundle.config import flag
-from bundle.io import atomic_write_csv, atomic_write_json
 from ignite.engine import Engine, Events
 from monai.metrics import (
     compute_confusion_matrix_metric,
@@ -20,6 +18,9 @@ from monai.metrics import (
     get_confusion_matrix,
 )
 from monai.utils import ImageMetaKey
+
+from ..atomic_files import atomic_write_csv, atomic_write_json
+from ..config import flag
 
 METRIC_NAMES: tuple[str, ...] = ("dice", "iou", "precision", "recall", "hd95")
 

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import ignite.distributed as idist
 import torch
-from bundle.io import atomic_write_json
 from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys
+
+from ..atomic_files import atomic_write_json
+from ..distributed import unwrap
 
 logger = logging.getLogger(__name__)
 
@@ -21,11 +23,6 @@ COLLAPSE_REMEDIES = (
     "the reference design's remedies: raise moe_loss_weight (lambda, e.g. 0.02-0.1), add training data, check the gate "
     "initialisation, and make sure stage 1 was trained before the MoE (end-to-end training can collapse)."
 )
-
-
-def unwrap(network: torch.nn.Module) -> torch.nn.Module:
-    """The module inside DistributedDataParallel / DataParallel wrappers."""
-    return getattr(network, "module", network)
 
 
 class MoEBalanceLossHandler:

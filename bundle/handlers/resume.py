@@ -12,14 +12,15 @@ from typing import Any, Protocol
 import ignite.distributed as idist
 import numpy as np
 import torch
-from bundle.checkpoints import load_checkpoint
-from bundle.config import flag
-from bundle.handlers.moe_loss import unwrap
-from bundle.io import atomic_write
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 from monai.handlers import LrScheduleHandler, ValidationHandler
 from monai.transforms import Randomizable, Transform
+
+from ..atomic_files import atomic_write
+from ..checkpoints import load_checkpoint
+from ..config import flag
+from ..distributed import unwrap
 
 logger = logging.getLogger(__name__)
 

@@ -3,6 +3,7 @@
 from .blocks import ConvNormAct, DepthwiseSeparableConv, GlobalContext, LightweightASPP, LightweightUpBlock
 from .compat import LHUTANetWithBalanceLoss, lightweight_hierarchical_utanet
 from .encoders import (
+    DEFAULT_ENCODER,
     ENCODERS,
     EfficientNetB0Encoder,
     MobileNetV2Encoder,

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from .blocks import LightweightASPP, LightweightUpBlock
-from .encoders import ENCODERS, build_encoder, load_encoder_weights
+from .encoders import DEFAULT_ENCODER, ENCODERS, build_encoder, load_encoder_weights
 from .moe import HierarchicalMoE, is_exporting
 
 
@@ -59,8 +59,9 @@ class LightweightHierarchicalUTANet(nn.Module):
     Args:
         in_channels: image channels (1 or more).
         out_channels: 1 for binary segmentation (sigmoid), N for N-class (softmax).
-        encoder: a registered encoder (``bundle.networks.ENCODERS``): "resnet34" (MONAI ResNet, torchvision
-            layout), "mobilenetv2" (width 1.0) or "efficientnet-b0" (MONAI EfficientNet).
+        encoder: a registered encoder (``bundle.networks.ENCODERS``): "mobilenetv2" (width 1.0; the default,
+            ``DEFAULT_ENCODER``), "resnet34" (MONAI ResNet, torchvision layout) or "efficientnet-b0" (MONAI
+            EfficientNet).
         use_moe: stage 2: route the skips through the hierarchical MoE.
         top_k: experts mixed per gate and sample, 1..4.
         emb_size: channels of the fused map the MoE experts work on.
@@ -80,7 +81,7 @@ class LightweightHierarchicalUTANet(nn.Module):
         self,
         in_channels: int = 3,
         out_channels: int = 1,
-        encoder: str = "resnet34",
+        encoder: str = DEFAULT_ENCODER,
         use_moe: bool = False,
         top_k: int = 2,
         emb_size: int = 64,

@@ -137,7 +137,7 @@ def stage_profile(threads: int) -> dict[str, float]:
     first PROFILE_IMAGES Kvasir-SEG test JPGs, with the shipped model (ONNX Runtime, backend auto): decode,
     channels, resize, normalise, the model (one pass, batch 1), the default TTA inferer, inversion and
     post-processing, and the PNG write. Each stage is timed on the previous one's outputs."""
-    from bundle.io import write_png
+    from bundle.atomic_files import write_png
     from bundle.tta import TTAInferer
 
     torch.set_num_threads(threads)

@@ -40,6 +40,7 @@ class EncoderEntry:
 
 
 ENCODERS: dict[str, EncoderEntry] = {}
+DEFAULT_ENCODER = "mobilenetv2"  # the network's and train.json's default, the shipped model's encoder
 
 
 def register_encoder(
