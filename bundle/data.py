@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -203,7 +203,38 @@ def _read_split_csv(path: Path, root: Path) -> dict[str, list[Pair]]:
     return out
 
 
-def load_datalist(dataset_dir: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0) -> dict[str, list[Pair]]:
+def dataset_folders(dataset_dir: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """``dataset_dir`` as a list of dataset folders: one folder, or a list of them (several centres in one run)."""
+    return [str(folder) for folder in dataset_dir] if isinstance(dataset_dir, (list, tuple)) else [str(dataset_dir)]
+
+
+def data_root(dataset_dir: str | os.PathLike | Sequence[str | os.PathLike]) -> str:
+    """The folder that holds every dataset folder of ``dataset_dir`` (itself when there is one)."""
+    return os.path.commonpath([os.path.abspath(folder) for folder in dataset_folders(dataset_dir)])
+
+
+def load_datalist(
+    dataset_dir: str | os.PathLike | Sequence[str | os.PathLike], val_fraction: float = 0.2, seed: int = 0
+) -> dict[str, list[Pair]]:
+    """:func:`load_folder_datalist` of ``dataset_dir``, or of each folder of a list of them (several centres),
+    merged: each pair then also names its ``source``, the folder's name, which per-source metrics and reports use,
+    and each source keeps its own splits (its test list, its validation blocks)."""
+    folders = dataset_folders(dataset_dir)
+    names = [Path(os.path.abspath(folder)).name for folder in folders]
+    if len(set(names)) < len(names):
+        raise DatasetError(f"dataset folders need distinct names to tell their images apart, got {folders}")
+    if len(folders) == 1:
+        return load_folder_datalist(folders[0], val_fraction, seed)
+    merged: dict[str, list[Pair]] = {key: [] for key in SPLIT_KEYS}
+    for folder, name in zip(folders, names):
+        for key, pairs in load_folder_datalist(folder, val_fraction, seed).items():
+            merged[key] += [{**pair, "source": name} for pair in pairs]
+    return merged
+
+
+def load_folder_datalist(
+    dataset_dir: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0
+) -> dict[str, list[Pair]]:
     """Return ``training`` / ``validation`` / ``test`` lists of ``{"image", "label"}`` (absolute paths, sorted).
 
     Uses ``dataset_dir/datalist.json`` if present, else ``dataset_dir/split.csv`` (``name,split`` rows; pairs not

@@ -22,7 +22,7 @@ import tifffile
 from PIL import Image
 
 from .config import flag
-from .data import ACCEPTED_LAYOUTS, Pair, Problem, discover_pairs, read_datalist_json
+from .data import ACCEPTED_LAYOUTS, data_root, Pair, Problem, discover_pairs, read_datalist_json
 from .errors import DatasetError
 from .formats import NIFTI_SUFFIXES, TIFF_SUFFIXES, error_reason, split_suffix
 from .transforms import mask_threshold
@@ -156,7 +156,7 @@ def check_pairs(
 
     ``problems`` (from discovery) head the report's errors.
     """
-    root = Path(os.path.abspath(root))
+    root = Path(data_root(root))
 
     def name(path: Path) -> str:
         return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)

@@ -52,6 +52,8 @@ def split_pairs(
 
     Pairs whose image name (with or without extension) is in ``test_names`` go to ``test``; a seeded shuffle
     sends ``round(val_fraction * rest)`` of the others (at least 1 when there are 2 or more) to ``validation``.
+    When every image stem is a frame number, whole blocks of consecutive frames are shuffled instead
+    (:func:`in_contiguous_blocks`), so that validation does not leak frames of the training sequences.
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
@@ -64,15 +66,38 @@ def split_pairs(
             raise ValueError(
                 f"{len(missing)} test name(s) match no image among the {len(ordered)} pairs: {format_files(missing)}"
             )
-    random.Random(seed).shuffle(rest)
     n_val = 0
     if val_fraction > 0 and len(rest) >= 2:
         n_val = min(max(1, math.floor(len(rest) * val_fraction + 0.5)), len(rest) - 1)
+    if frame_numbers(rest) is not None:
+        rest = in_contiguous_blocks(rest, frame_numbers(rest), seed)
+    else:
+        random.Random(seed).shuffle(rest)
     return {
         "training": sorted(rest[n_val:], key=pair_key),
         "validation": sorted(rest[:n_val], key=pair_key),
         "test": test,
     }
+
+
+VALIDATION_BLOCKS = 10
+
+
+def frame_numbers(pairs: Sequence[Pair]) -> list[int] | None:
+    """The image stems as integers when every stem is one (frames of recordings, e.g. CVC-ClinicDB), else None."""
+    stems = [split_suffix(os.path.basename(pair["image"]))[0] for pair in pairs]
+    return [int(stem) for stem in stems] if stems and all(stem.isdigit() for stem in stems) else None
+
+
+def in_contiguous_blocks(pairs: Sequence[Pair], numbers: Sequence[int], seed: int) -> list[Pair]:
+    """``pairs`` in frame-number order cut into ``VALIDATION_BLOCKS`` contiguous blocks, the blocks in a seeded
+    order: a validation split taken from the front then holds whole runs of consecutive frames, so frames of one
+    sequence rarely straddle training and validation."""
+    ordered = [pair for _, pair in sorted(zip(numbers, pairs), key=lambda item: item[0])]
+    size = math.ceil(len(ordered) / VALIDATION_BLOCKS)
+    blocks = [ordered[start : start + size] for start in range(0, len(ordered), size)]
+    random.Random(seed).shuffle(blocks)
+    return [pair for block in blocks for pair in block]
 
 
 def validation_as_test(

@@ -18,6 +18,7 @@ from monai.transforms import MapTransform
 
 from .atomic_files import write_nifti_mask, write_npy, write_png
 from .config import flag
+from .data import data_root
 from .errors import DatasetError, OutputError
 from .formats import error_reason, is_nifti, split_suffix
 from .inference import DecodedBatches, FolderPlan, InputPlan
@@ -45,7 +46,7 @@ class SaveMaskd(MapTransform):
         overwrite: bool | str = False,
     ) -> None:
         super().__init__(keys)
-        self.output_dir, self.data_root_dir = Path(output_dir), Path(os.path.abspath(data_root_dir))
+        self.output_dir, self.data_root_dir = Path(output_dir), Path(data_root(data_root_dir))
         self.source_key, self.overwrite = source_key, flag(overwrite, "overwrite")
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:

@@ -50,7 +50,7 @@ def binary_metrics(pred: torch.Tensor, label: torch.Tensor) -> dict[str, float]:
 class SegmentationMetricsWriter:
     """Collect :func:`binary_metrics` for every image an evaluator sees; write them when the run ends.
 
-    Writes ``{prefix}_per_image.csv`` (image, dice, iou, precision, recall, hd95) and
+    Writes ``{prefix}_per_image.csv`` (image, source when the data name one, dice, iou, precision, recall, hd95) and
     ``{prefix}_summary.json`` (mean, median, std and count of non-NaN values per metric) into
     ``output_dir``, atomically, with the rows sorted by image. Refuses to start when those files exist,
     unless ``overwrite``. Expects post-processed, decollated outputs with binary ``pred`` and ``label`` of
@@ -85,15 +85,17 @@ class SegmentationMetricsWriter:
         self.rows = []
 
     def collect(self, engine: Engine) -> None:
-        for item in engine.state.output:
+        for data, item in zip(engine.state.batch, engine.state.output):
             name = getattr(item["image"], "meta", {}).get(ImageMetaKey.FILENAME_OR_OBJ, f"image_{len(self.rows)}")
-            self.rows.append({"image": str(name), **binary_metrics(item["pred"], item["label"])})
+            source = {"source": data["source"]} if "source" in data else {}
+            self.rows.append({"image": str(name), **source, **binary_metrics(item["pred"], item["label"])})
 
-    def summary(self) -> dict[str, dict[str, float]]:
-        """Mean, median, std and count of the non-NaN per-image values of each metric."""
+    def summary(self, rows: list[dict[str, object]] | None = None) -> dict[str, dict[str, float]]:
+        """Mean, median, std and count of the non-NaN per-image values of each metric (of ``rows``, default all)."""
+        rows = self.rows if rows is None else rows
         result = {}
         for metric in METRIC_NAMES:
-            values = np.array([row[metric] for row in self.rows], dtype=float)
+            values = np.array([row[metric] for row in rows], dtype=float)
             values = values[np.isfinite(values)]
             stats = (np.mean(values), np.median(values), np.std(values)) if len(values) else (math.nan,) * 3
             result[metric] = {
@@ -109,6 +111,11 @@ class SegmentationMetricsWriter:
         self.rows = sorted((row for rank_rows in gathered for row in rank_rows), key=lambda row: row["image"])
         if idist.get_rank() != 0:
             return
-        atomic_write_csv(self.csv_path, ["image", *METRIC_NAMES], self.rows)
-        atomic_write_json(self.summary_path, {"images": len(self.rows), "metrics": self.summary()})
+        sources = ["source"] if any("source" in row for row in self.rows) else []
+        atomic_write_csv(self.csv_path, ["image", *sources, *METRIC_NAMES], self.rows)
+        summary = {"images": len(self.rows), "metrics": self.summary()}
+        for source in sorted({str(row["source"]) for row in self.rows if "source" in row}):
+            rows = [row for row in self.rows if row.get("source") == source]
+            summary.setdefault("sources", {})[source] = {"images": len(rows), "metrics": self.summary(rows)}
+        atomic_write_json(self.summary_path, summary)
         engine.logger.info("per-image metrics: %s; summary: %s", self.csv_path, self.summary_path)

@@ -1,6 +1,15 @@
 """LH-UTANet network: encoders, blocks, hierarchical MoE and the full model."""
 
-from .blocks import ConvNormAct, DepthwiseSeparableConv, GlobalContext, LightweightASPP, LightweightUpBlock
+from .blocks import (
+    NORMS,
+    ConvNormAct,
+    DepthwiseSeparableConv,
+    FullResolutionSkip,
+    GlobalContext,
+    LightweightASPP,
+    LightweightUpBlock,
+    replace_batchnorm,
+)
 from .compat import LHUTANetWithBalanceLoss, lightweight_hierarchical_utanet
 from .encoders import (
     DEFAULT_ENCODER,

@@ -6,41 +6,54 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .blocks import LightweightASPP, LightweightUpBlock
+from .blocks import NORMS, FullResolutionSkip, LightweightASPP, LightweightUpBlock, replace_batchnorm
 from .encoders import DEFAULT_ENCODER, ENCODERS, build_encoder, load_encoder_weights
 from .moe import HierarchicalMoE, is_exporting
 
 
 class LightweightDecoder(nn.Module):
-    """Bottom feature (B, C_b, H/32, W/32) + skips [e1..e4] -> (B, decoder_channels[-1], H, W).
+    """Bottom feature (B, C_b, H/32, W/32) + skips [e1..e4] (+ a full-resolution skip) -> (B, decoder_channels[-1], H, W).
 
-    One :class:`LightweightUpBlock` per skip, deepest first, then one more ×2 block without a skip.
+    One :class:`LightweightUpBlock` per skip, deepest first, then one more ×2 block, which takes the full-resolution
+    skip when ``full_resolution_channels`` > 0 and only upsamples otherwise.
 
     Args:
         in_channels: channels of the bottom (bottleneck) feature.
         skip_channels: channels of e1..e4, finest first.
         decoder_channels: output channels of the five up blocks, deepest first.
+        full_resolution_channels: channels of the skip at the input's resolution (0: none).
     """
 
-    def __init__(self, in_channels: int, skip_channels: Sequence[int], decoder_channels: Sequence[int]) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        skip_channels: Sequence[int],
+        decoder_channels: Sequence[int],
+        full_resolution_channels: int = 0,
+    ) -> None:
         super().__init__()
         if len(decoder_channels) != len(skip_channels) + 1:
             raise ValueError(
                 f"decoder_channels needs {len(skip_channels) + 1} entries (one per skip, deepest first, plus the "
                 f"last ×2 block), got {list(decoder_channels)}."
             )
-        skips_deepest_first = list(reversed(skip_channels)) + [0]
+        skips_deepest_first = list(reversed(skip_channels)) + [full_resolution_channels]
         blocks = []
         for skip, out in zip(skips_deepest_first, decoder_channels):
             blocks.append(LightweightUpBlock(in_channels, skip, out))
             in_channels = out
         self.blocks = nn.ModuleList(blocks)
 
-    def forward(self, x: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, skips: list[torch.Tensor], full_resolution: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        """The output of every block, coarsest first: [(B, decoder_channels[0], H/16, W/16) .. (B, ·, H, W)]."""
         depth = len(skips)
+        outputs: list[torch.Tensor] = []
         for index, block in enumerate(self.blocks):
-            x = block(x, skips[depth - 1 - index]) if index < depth else block(x)
-        return x
+            x = block(x, skips[depth - 1 - index]) if index < depth else block(x, full_resolution)
+            outputs.append(x)
+        return outputs
 
 
 class LightweightHierarchicalUTANet(nn.Module):
@@ -73,9 +86,16 @@ class LightweightHierarchicalUTANet(nn.Module):
         decoder_channels: five up-block widths, deepest first; default: the skip widths, deepest first,
             then 16 for the full-resolution block (memory-bound on CPU: 32 channels cost ~15 ms more at 224²).
         encoder_weights: optional path to a local torchvision-format ImageNet state_dict for the encoder.
+        full_resolution_skip: channels of a skip taken from the input at full resolution, before the encoder's
+            stride-2 stem (:class:`FullResolutionSkip`), for the decoder's last block; 0 (default): none.
+        norm: normalisation of every layer: "batch" (default), "group" (8 groups) or "instance"; the last two do
+            not depend on the batch size.
+        deep_supervision: add 1×1 heads on the decoder's H/4 and H/2 outputs; in training mode their logits are
+            kept in ``self.aux_logits`` for :class:`bundle.losses.DeepSupervisionLoss` (inference ignores them).
     """
 
     gate_weights: list[torch.Tensor]  # class-level, so that TorchScript knows the type of the empty list
+    aux_logits: list[torch.Tensor]
 
     def __init__(
         self,
@@ -91,10 +111,17 @@ class LightweightHierarchicalUTANet(nn.Module):
         aspp_channels: int | None = None,
         decoder_channels: Sequence[int] | None = None,
         encoder_weights: str | os.PathLike | None = None,
+        full_resolution_skip: int = 0,
+        norm: str = "batch",
+        deep_supervision: bool = False,
     ) -> None:
         super().__init__()
         if in_channels < 1 or out_channels < 1:
             raise ValueError(f"in_channels and out_channels must be >= 1, got {in_channels} and {out_channels}.")
+        if full_resolution_skip < 0 or norm not in NORMS:
+            raise ValueError(
+                f"full_resolution_skip must be >= 0 and norm one of {NORMS}, got {full_resolution_skip} and {norm!r}."
+            )
         self.encoder = build_encoder(encoder, in_channels)
         self.total_stride = int(self.encoder.output_stride)
         if encoder_weights:
@@ -111,11 +138,21 @@ class LightweightHierarchicalUTANet(nn.Module):
             if use_moe
             else None
         )
-        self.decoder = LightweightDecoder(aspp_channels, skip_channels, decoder_channels)
+        self.full_resolution = (
+            FullResolutionSkip(in_channels, full_resolution_skip) if full_resolution_skip > 0 else None
+        )
+        self.decoder = LightweightDecoder(aspp_channels, skip_channels, decoder_channels, full_resolution_skip)
         self.head = nn.Conv2d(decoder_channels[-1], out_channels, kernel_size=1)
+        self.aux_heads = (
+            nn.ModuleList(nn.Conv2d(c, out_channels, kernel_size=1) for c in decoder_channels[-3:-1])
+            if deep_supervision
+            else None
+        )
+        replace_batchnorm(self, norm)
         self.use_moe = use_moe
         self.balance_loss = torch.zeros(())
         self.gate_weights = []
+        self.aux_logits = []
 
     def check_input_size(self, x: torch.Tensor) -> None:
         """Raise a ValueError unless x is (B, C, H, W) with H and W multiples of the total stride."""
@@ -134,12 +171,22 @@ class LightweightHierarchicalUTANet(nn.Module):
         gate_weights: list[torch.Tensor] = []
         if self.moe is not None:
             skips, balance, gate_weights = self.moe(skips)
-        logits = self.head(self.decoder(self.bottleneck(bottom), skips))
+        full_resolution = self.full_resolution(x) if self.full_resolution is not None else None
+        outputs = self.decoder(self.bottleneck(bottom), skips, full_resolution)
+        logits = self.head(outputs[-1])
         if not torch.jit.is_scripting():  # nested: TorchScript compiles both operands of an ``and``
             if not is_exporting():
                 self.balance_loss = balance
                 self.gate_weights = [weights.detach() for weights in gate_weights]
+                self.aux_logits = self.auxiliary_logits(outputs[-3:-1])
         return logits
+
+    def auxiliary_logits(self, outputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Deep supervision in training mode: logits of the H/4 and H/2 decoder outputs [(B, out_channels, H/4, W/4),
+        (B, out_channels, H/2, W/2)]; otherwise []."""
+        if self.aux_heads is None or not self.training:
+            return []
+        return [head(output) for head, output in zip(self.aux_heads, outputs)]
 
 
 LHUTANet = LightweightHierarchicalUTANet
