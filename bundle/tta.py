@@ -37,6 +37,8 @@ class TTAInferer(Inferer):
     horizontal, vertical and double flips, each flipped back. "flips+scales": the same at each of ``scales``
     (input resized bilinearly to ``scale`` × (H, W), rounded to multiples of ``stride``, and the probabilities
     resized back). Returns logits of the mean probability, (B, C, H, W), so post-processing is unchanged.
+    ``member_spread`` then holds each image's mean |member - mean| probability, (B,), the members' disagreement
+    (None with mode "none"), for the quality score (:mod:`bundle.quality`).
 
     Costs ``4 × len(scales)`` forward passes per batch ("flips": 4).
     """
@@ -49,12 +51,14 @@ class TTAInferer(Inferer):
         super().__init__()
         self.mode, self.stride = mode, stride
         self.scales = tuple(scales) if mode == "flips+scales" else (1.0,)
+        self.member_spread: torch.Tensor | None = None
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args, **kwargs) -> torch.Tensor:
+        self.member_spread = None
         if self.mode == "none":
             return network(inputs, *args, **kwargs)
         size = list(inputs.shape[2:])
-        total, count = None, 0
+        members = []
         for scale in self.scales:
             scaled_size = [multiple_of(s * scale, self.stride) for s in size]
             scaled = inputs if scaled_size == size else F.interpolate(inputs, scaled_size, mode="bilinear")
@@ -64,7 +68,9 @@ class TTAInferer(Inferer):
                 probs = probabilities(torch.flip(logits, dims) if dims else logits)
                 if scaled_size != size:
                     probs = F.interpolate(probs, size, mode="bilinear")
-                total = probs if total is None else total + probs
-                count += 1
-        result = logits_of(total / count)
+                members.append(probs)
+        stacked = torch.stack(members)  # (members, B, C, H, W)
+        mean = stacked.mean(dim=0)
+        self.member_spread = (stacked - mean).abs().mean(dim=(0, 2, 3, 4)).float().cpu()
+        result = logits_of(mean)
         return MetaTensor(result) if isinstance(inputs, MetaTensor) else result
