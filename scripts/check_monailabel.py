@@ -5,9 +5,9 @@
    except torchvision and sam2, with pydicom 2.4.4, dicomweb-client 0.59.1, pynetdicom<3,
    and the bundle's pins as constraints (pydicom-seg and numpymaxflow, which declare numpy<2, go in without
    dependencies; this check never calls them).
-2. A torchvision stand-in, in this check only: the registry's torchvision is a CUDA build that fails to import
-   under the CPU torch, and MONAI Label imports ``torchvision.utils`` (``make_grid``, ``save_image``) at start-up
-   for code this bundle never calls. The stand-in's functions raise if anything calls them.
+2. A torchvision stand-in, in this check only (``scripts/torchvision_stand_in.py`` as ``torchvision.utils`` on the
+   server's PYTHONPATH): the registry's torchvision is a CUDA build that fails under the CPU torch, and MONAI Label
+   imports ``make_grid`` and ``save_image`` at start-up for code this bundle never calls; they raise if called.
 3. ``monailabel apps --download --name monaibundle`` (offline: the app ships with the package), and the bundle
    zip of ``scripts/package_bundle.py --include-weights`` unpacked into ``app/model/lh_utanet``.
 4. A studies folder of non-square images (JPG, PNG, TIFF) with labels in ``labels/final``: synthetic polyps, or
@@ -18,9 +18,11 @@
    ``--dice_tolerance`` of the direct run's; ``POST /train/lh_utanet`` for 1 epoch from the shipped weights: it
    must finish, write a new checkpoint under ``models/monailabel/`` and leave the shipped weights (sha256) as they
    were, in the app and in this repository. The server is stopped by its process group id, whatever happens.
+7. With ``--write-docs FILE``, once every check passed: the measured figures as Markdown (date, machine, command).
 
 Usage (from the repository root; about 4 minutes to build the environment the first time, then about 2):
     python scripts/check_monailabel.py [--images ../shared/data/kvasir-seg] [--venv .venv-monailabel] [--keep]
+    python scripts/check_monailabel.py --write-docs docs/monailabel_check.md
 
 Exit code 0 when every check passes, 1 otherwise; each check prints one line.
 """
@@ -30,6 +32,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
+import shlex
 import shutil
 import signal
 import socket
@@ -46,63 +50,29 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
+from bundle.atomic_files import atomic_write_text, sha256_of
 from bundle.demo import make_demo_dataset
-from bundle.io import sha256_of
 from PIL import Image
+from scripts.bench.measure import cpu_model, markdown_table
 from scripts.write_large_files import SHIPPED
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-
 MONAI_LABEL = "monailabel==0.8.5"
 # monailabel 0.8.5's declared dependencies (its wheel's METADATA) minus torchvision and sam2, with the pins it needs
-# here; installed under requirements.txt as constraints, so that torch, monai and numpy stay the bundle's
-MONAI_LABEL_DEPENDENCIES = (
-    "monai[fire,gdown,ignite,itk,lmdb,mlflow,nibabel,openslide,pillow,psutil,skimage,tensorboard,tqdm]",
-    "uvicorn>=0.29.0",
-    "pydantic>=2.7.0",
-    "pydantic-settings>=2.2.1",
-    "python-dotenv>=1.0.1",
-    "fastapi>=0.110.2",
-    "python-multipart>=0.0.9",
-    "httpx>=0.27.0",
-    "schedule>=1.2.1",
-    "dicomweb-client[gcp]==0.59.1",
-    "timeloop>=1.0.2",
-    "expiringdict>=1.2.2",
-    "expiring_dict>=1.1.0",
-    "cachetools>=5.3.3",
-    "watchdog>=4.0.0",
-    "pydicom==2.4.4",
-    "pynetdicom>=2.0.2,<3",
-    "pynrrd>=1.0.0",
-    "girder-client>=3.2.3",
-    "ninja>=1.11.1.1",
-    "einops>=0.7.0",
-    "pyyaml>=6.0.1",
-    "filelock>=3.11.0",
-    "passlib>=1.7.4",
-    "pyjwt>=2.8.0",
-    "bcrypt>=4.1.2",
-    "shapely>=2.0.4",
-    "requests>=2.31.0",
-    "requests-toolbelt>=1.0.0",
-    "urllib3>=2.2.1",
-    "scikit-learn",
-    "scipy",
-    "google-auth>=2.29.0",
-    "SimpleITK",  # pydicom-seg's dependency
-)
+# here, plus pydicom-seg's SimpleITK; installed under requirements.txt as constraints, so that torch, monai and numpy
+# stay the bundle's
+MONAI_LABEL_DEPENDENCIES = """
+monai[fire,gdown,ignite,itk,lmdb,mlflow,nibabel,openslide,pillow,psutil,skimage,tensorboard,tqdm]
+uvicorn>=0.29.0 pydantic>=2.7.0 pydantic-settings>=2.2.1 python-dotenv>=1.0.1 fastapi>=0.110.2
+python-multipart>=0.0.9 httpx>=0.27.0 schedule>=1.2.1 dicomweb-client[gcp]==0.59.1 timeloop>=1.0.2
+expiringdict>=1.2.2 expiring_dict>=1.1.0 cachetools>=5.3.3 watchdog>=4.0.0 pydicom==2.4.4 pynetdicom>=2.0.2,<3
+pynrrd>=1.0.0 girder-client>=3.2.3 ninja>=1.11.1.1 einops>=0.7.0 pyyaml>=6.0.1 filelock>=3.11.0 passlib>=1.7.4
+pyjwt>=2.8.0 bcrypt>=4.1.2 shapely>=2.0.4 requests>=2.31.0 requests-toolbelt>=1.0.0 urllib3>=2.2.1
+scikit-learn scipy google-auth>=2.29.0 SimpleITK
+""".split()
 NUMPY_LT2_DEPENDENCIES = ("pydicom-seg>=0.4.1", "numpymaxflow>=0.0.7")  # declare numpy<2: installed --no-deps
-TORCHVISION_STAND_IN = '''"""torchvision stand-in of scripts/check_monailabel.py: MONAI Label imports these names at start-up."""
-
-
-def _unavailable(*args, **kwargs):
-    raise RuntimeError("torchvision is not installed (stand-in of scripts/check_monailabel.py)")
-
-
-make_grid = save_image = _unavailable
-'''
+TORCHVISION_STAND_IN = REPO_ROOT / "scripts" / "torchvision_stand_in.py"  # becomes torchvision/utils.py
 BUNDLE_NAME = "lh_utanet"
 STUDY_FORMATS = (".jpg", ".png", ".tif", ".jpg", ".png")  # /infer is checked on the first of each format
 
@@ -269,10 +239,10 @@ def infer(server: Server, study: str, result: Path, **params: object) -> Path:
 
 def check_infer(
     server: Server, studies: dict[str, Path], labels: Path, direct: dict[str, np.ndarray], tolerance: float, out: Path
-) -> None:
+) -> list[list[str]]:
     """/infer on the first study of each format: 2D uint8 mask at H×W, Dice within ``tolerance`` of the direct run's;
-    for JPG also with ``result_extension`` .png, which must equal the direct mask."""
-    checked = set()
+    for JPG also with ``result_extension`` .png, which must equal the direct mask. Returns a table row per format."""
+    checked, rows = set(), []
     for study, path in studies.items():
         if path.suffix in checked:
             continue
@@ -291,38 +261,63 @@ def check_infer(
             raise CheckError(f"{path.name}: expected a 2D uint8 mask of {height}x{width}")
         if abs(served - reference) > tolerance:
             raise CheckError(f"{path.name}: Dice differs from the direct run by more than {tolerance}")
+        agreement = f"{dice(mask, direct[study]):.4f}"
         if path.suffix == ".jpg":
             lossless = infer(server, study, out / f"{study}_monailabel.png", result_extension=".png")
-            agreement = dice(read_mask(lossless, foreground=1), direct[study])
-            print(f"infer {path.name} with result_extension .png: agreement with the direct mask {agreement:.4f}")
-            if agreement < 1.0:
+            png_agreement = dice(read_mask(lossless, foreground=1), direct[study])
+            print(f"infer {path.name} with result_extension .png: agreement with the direct mask {png_agreement:.4f}")
+            if png_agreement < 1.0:
                 raise CheckError(f"{path.name}: the PNG result differs from the direct mask")
+            agreement += f" (JPEG, lossy); {png_agreement:.4f} with `result_extension` `.png`"
+        cells = [path.suffix[1:].upper(), f"{height}×{width}", f"{stored.shape} {stored.dtype}", f"{served:.4f}"]
+        rows.append([*cells, f"{reference:.4f}", agreement])
+    return rows
 
 
-def check_train(server: Server, bundle: Path, repo_hashes: dict[str, str], app_hashes: dict[str, str]) -> None:
-    """/train for 1 epoch from the shipped weights: a new checkpoint under models/monailabel/, shipped files as they were."""
+def check_train(server: Server, bundle: Path, repo_hashes: dict[str, str], app_hashes: dict[str, str]) -> str:
+    """/train for 1 epoch from the shipped weights: a new checkpoint under models/monailabel/, shipped files as they
+    were. Returns a sentence with the training time and the checkpoint written."""
     params = {"max_epochs": 1, "val_split": 0.4, "device": "cpu", "multi_gpu": False, "pretrained": True}
     start = time.monotonic()
-    answer = server.request(
-        "POST",
-        f"/train/{BUNDLE_NAME}?run_sync=true",
-        timeout=600,
-        data=json.dumps(params).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    trained = sorted((bundle / "models" / "monailabel").glob("*/model.pt"))
-    print(f"train: 1 epoch in {time.monotonic() - start:.0f} s; answer {answer[:200]!r}; checkpoints {trained}")
+    body, headers = json.dumps(params).encode(), {"Content-Type": "application/json"}
+    answer = server.request("POST", f"/train/{BUNDLE_NAME}?run_sync=true", timeout=600, data=body, headers=headers)
+    checkpoints = bundle / "models" / "monailabel"
+    seconds, trained = time.monotonic() - start, sorted(checkpoints.glob("*/model.pt"))
+    print(f"train: 1 epoch in {seconds:.0f} s; answer {answer[:200]!r}; checkpoints {trained}")
     if not trained:
-        raise CheckError(
-            f"training wrote no checkpoint under {bundle / 'models' / 'monailabel'}; log:\n{server.tail()}"
-        )
+        raise CheckError(f"training wrote no checkpoint under {checkpoints}; log:\n{server.tail()}")
     for root, before in ((REPO_ROOT, repo_hashes), (bundle, app_hashes)):
         after = shipped_hashes(root)
-        print(
-            f"shipped weights in {root}: {'unchanged' if after == before else 'CHANGED'} ({', '.join(sorted(after))})"
-        )
+        state = "unchanged" if after == before else "CHANGED"
+        print(f"shipped weights in {root}: {state} ({', '.join(sorted(after))})")
         if after != before:
             raise CheckError(f"the shipped weights in {root} changed")
+    repo, app = (", ".join(f"`{name}`" for name in sorted(hashes)) for hashes in (repo_hashes, app_hashes))
+    return (
+        f"`/train`, 1 epoch from the shipped weights: {seconds:.0f} s; new checkpoint "
+        f"`{trained[-1].relative_to(bundle)}`; the shipped weights kept their sha256 (repository: {repo}; app: {app})."
+    )
+
+
+def write_docs(args: argparse.Namespace, command: str, infer_rows: list[list[str]], train: str) -> None:
+    """The measured figures as a generated Markdown page (``--write-docs``): date, machine and command first."""
+    inference = json.loads((REPO_ROOT / "configs" / "inference.json").read_text(encoding="utf-8"))
+    version = json.loads((REPO_ROOT / "configs" / "metadata.json").read_text(encoding="utf-8"))["version"]
+    studies = f"the first images of `{args.images}`" if args.images else "synthetic polyps cropped to 256×192 (W×H)"
+    head = "image|H×W|mask returned|Dice vs label, MONAI Label|direct bundle run|agreement of the masks".split("|")
+    lines = [
+        "# MONAI Label 0.8.5 check: measured figures",
+        f"Generated on {time.strftime('%Y-%m-%d')} on {cpu_model()} ({os.cpu_count()} cores, "
+        f"{platform.machine()}) by `{command}`; do not edit, run the command again.",
+        f"Bundle {version}; studies: {studies}. Each mask is MONAI Label's `POST /infer/{BUNDLE_NAME}` answer (default "
+        f"writer); the direct run is `configs/inference.json` as configured (backend `{inference['backend']}`, tta "
+        f"`{inference['tta']}`). Dice is against the label; the two runs' Dice may differ by at most {args.dice_tolerance:g}.",
+        markdown_table(head, infer_rows),
+        train,
+        "All checks passed.",
+    ]
+    atomic_write_text(args.write_docs, "\n\n".join(lines) + "\n")
+    print(f"figures written to {args.write_docs}")
 
 
 def install_bundle(app: Path, work: Path) -> Path:
@@ -349,6 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--work_dir", help="folder for the app, studies and outputs (default: a temporary one)")
     parser.add_argument("--dice_tolerance", type=float, default=0.001)
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--write-docs", metavar="FILE", help="once all checks pass, write the figures as Markdown here")
     args = parser.parse_args(argv)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="check_monailabel_")).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -361,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stubs = work / "stubs" / "torchvision"
         stubs.mkdir(parents=True)
         (stubs / "__init__.py").write_text("", encoding="utf-8")
-        (stubs / "utils.py").write_text(TORCHVISION_STAND_IN, encoding="utf-8")
+        shutil.copy(TORCHVISION_STAND_IN, stubs / "utils.py")
         apps = work / "apps"
         run(
             [str(python), "-m", "monailabel.main", "apps", "--download", "--name", "monaibundle", "--output", str(apps)]
@@ -379,8 +375,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"info: models {models}, trainers {trainers}; {BUNDLE_NAME}: {model_info}")
         if not model_info or BUNDLE_NAME not in trainers:
             raise CheckError(f"/info/ lists no {BUNDLE_NAME} model and trainer")
-        check_infer(server, studies, studies_dir / "labels" / "final", direct, args.dice_tolerance, work)
-        check_train(server, bundle, repo_hashes, app_hashes)
+        infer_rows = check_infer(server, studies, studies_dir / "labels" / "final", direct, args.dice_tolerance, work)
+        train = check_train(server, bundle, repo_hashes, app_hashes)
     except CheckError as failure:
         print(f"FAILED: {failure}", file=sys.stderr)
         return 1
@@ -392,6 +388,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(f"work folder kept: {work}")
     print("MONAI Label check: all passed")
+    if args.write_docs:
+        command = shlex.join(["python", "scripts/check_monailabel.py", *(sys.argv[1:] if argv is None else argv)])
+        write_docs(args, command, infer_rows, train)
     return 0
 
 

@@ -1,18 +1,21 @@
-"""scripts/compare_models.py end to end: two networks, one epoch each, on tiny synthetic data."""
+"""scripts/compare_models.py (the scripts/comparison package) end to end: two networks, one epoch each, on tiny
+synthetic data."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 from ignite.engine import Events
-from scripts import compare_models
+from scripts.comparison import catalogue, cli, report, runner, training_logs
 
-from tests.helpers import write_pair
+from tests.helpers import REPO_ROOT, write_pair
 
 
 def make_half_images_dataset(folder, count: int = 48, shape: tuple[int, int] = (48, 64)):
@@ -37,7 +40,7 @@ def comparison(tmp_path_factory):
     argv = ["--dataset_dir", str(data), "--work_dir", str(root / "runs"), "--output", str(root / "out")]
     argv += ["--rows", "lh-mobilenetv2-moe,unet", "--image_size", "64", "--epochs", "1", "--stage2_epochs", "1"]
     argv += ["--batch_size", "2", "--num_workers", "0", "--threads", "1"]
-    assert compare_models.main(argv) == 0
+    assert cli.main(argv) == 0
     return root, argv
 
 
@@ -46,9 +49,9 @@ def test_csv_has_every_column_filled_for_both_networks(comparison):
     with open(root / "out" / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [row["row"] for row in rows] == ["lh-mobilenetv2-moe", "unet"]
-    assert list(rows[0]) == list(compare_models.COLUMNS)
+    assert list(rows[0]) == list(report.COLUMNS)
     for row in rows:
-        for column in compare_models.COLUMNS:
+        for column in report.COLUMNS:
             assert row[column] not in ("", "nan"), f"{row['row']}: column {column} is empty"
         assert float(row["params_m"]) > 0 and float(row["gmacs"]) > 0 and float(row["cpu_latency_ms"]) > 0
         assert 0.0 <= float(row["test_dice_mean"]) <= 1.0
@@ -66,12 +69,12 @@ def test_csv_has_every_column_filled_for_both_networks(comparison):
 
 def test_validation_curve_of_a_stage2_row_continues_its_stage1_curve(comparison):
     root, argv = comparison
-    runs = compare_models.Comparison(compare_models.parse_args(argv), compare_models.build_rows([]))
+    runs = runner.Comparison(cli.parse_args(argv), catalogue.build_rows([]))
     stage1, both = runs.validation_curve("lh-mobilenetv2"), runs.validation_curve("lh-mobilenetv2-moe")
     stage1_minutes = json.loads((root / "runs" / "lh-mobilenetv2" / "result.json").read_text())["train_minutes"]
     assert len(stage1) == 1 and both[:1] == stage1 and len(both) == 2  # one validation per epoch
     assert 0 < stage1[0][0] < stage1_minutes < both[1][0]
-    logged = compare_models.scalar_history(root / "runs" / "lh-mobilenetv2-moe" / "train_logs", "val_mean_dice")
+    logged = training_logs.scalar_history(root / "runs" / "lh-mobilenetv2-moe" / "train_logs", "val_mean_dice")
     assert [dice for _, dice in both] == [stage1[0][1], *logged]
 
 
@@ -79,7 +82,7 @@ def test_rerun_reuses_finished_rows_and_refuses_another_budget(comparison):
     root, argv = comparison
     checkpoint = root / "runs" / "unet" / "models" / "model.pt"
     before = checkpoint.stat().st_mtime_ns
-    assert compare_models.main(argv) == 0
+    assert cli.main(argv) == 0
     assert checkpoint.stat().st_mtime_ns == before
     elsewhere = [
         *argv[: argv.index("--output")],
@@ -87,17 +90,18 @@ def test_rerun_reuses_finished_rows_and_refuses_another_budget(comparison):
         str(root / "elsewhere"),
         *argv[argv.index("--output") + 2 :],
     ]
-    assert compare_models.main([*elsewhere, "--train_only"]) == 0
+    assert cli.main([*elsewhere, "--train_only"]) == 0
     assert not (root / "elsewhere").exists() and checkpoint.stat().st_mtime_ns == before
     changed = [*argv[: argv.index("--epochs")], "--epochs", "2", *argv[argv.index("--epochs") + 2 :]]
     with pytest.raises(RuntimeError, match="another budget"):
-        compare_models.main(changed)
+        cli.main(changed)
     assert checkpoint.stat().st_mtime_ns == before
 
 
 def test_ablation_table_lists_top_k_and_lambda_of_each_stage2_row():
-    rows = compare_models.build_rows(["mobilenetv2"])
+    rows = catalogue.build_rows(["mobilenetv2"])
     assert {"ablation-mobilenetv2-top1", "ablation-mobilenetv2-top4", "ablation-mobilenetv2-lambda0"} <= rows.keys()
+    assert not any(key.startswith("variant-") for key in rows)  # the stage-1 variants come with --variants only
     scores = {"test_dice_mean": 0.5, "test_dice_median": 0.6, "test_iou_mean": 0.4, "best_val_dice": 0.55}
     keys = [
         "lh-mobilenetv2",
@@ -107,10 +111,10 @@ def test_ablation_table_lists_top_k_and_lambda_of_each_stage2_row():
         "ablation-mobilenetv2-lambda0.1",
     ]
     results = [{**scores, "row": key, "expert_usage": f"usage of {key}"} for key in keys]
-    lines = compare_models.ablation_table(results, rows).splitlines()[4:]
+    lines = report.ablation_table(results, rows).splitlines()[4:]
     assert [line.split(" | ")[1:3] for line in lines] == [["2", "0.01"], ["3", "0.01"], ["2", "0.1"]]
     assert lines[1].endswith("usage of ablation-mobilenetv2-top3 |")
-    assert compare_models.ablation_table(results[:3], rows) == ""  # no ablation rows, no table
+    assert report.ablation_table(results[:3], rows) == ""  # no ablation rows, no table
 
 
 def run_study(root, name: str, seeds: str, rows: str) -> list[str]:
@@ -120,7 +124,7 @@ def run_study(root, name: str, seeds: str, rows: str) -> list[str]:
     argv = ["--dataset_dir", str(root / "data"), "--work_dir", str(root / name), "--output", str(root / f"{name}-out")]
     argv += ["--study", "mobilenetv2", "--study_seeds", seeds, "--stage1_ckpt", str(stage1), "--stage2_epochs", "1"]
     argv += ["--rows", rows, "--image_size", "64", "--batch_size", "2", "--num_workers", "0", "--threads", "1"]
-    assert compare_models.main(argv) == 0
+    assert cli.main(argv) == 0
     return argv
 
 
@@ -170,7 +174,7 @@ def test_equal_time_budget_splits_lh_utanet_stages_and_stops_on_time(comparison)
     argv = ["--dataset_dir", str(root / "data"), "--work_dir", str(root / "timed"), "--output", str(root / "tout")]
     argv += ["--rows", "lh-mobilenetv2-moe", "--minutes", "0.2", "--image_size", "64"]
     argv += ["--batch_size", "2", "--num_workers", "0", "--threads", "1"]
-    assert compare_models.main(argv) == 0
+    assert cli.main(argv) == 0
     for key, minutes in (("lh-mobilenetv2", 0.15), ("lh-mobilenetv2-moe", 0.05)):
         result = json.loads((root / "timed" / key / "result.json").read_text())
         assert result["budget"]["minutes"] == pytest.approx(minutes)
@@ -199,3 +203,13 @@ def test_time_budget_anneals_the_learning_rate_and_ends_on_whole_epochs(monkeypa
     trainer.run()
     assert trainer.state.iteration == 6
     assert rates == pytest.approx([0.5 * (1 + math.cos(math.pi * t / 6)) for t in range(6)])
+
+
+def test_entry_point_keeps_the_command_line():
+    """``python scripts/compare_models.py --help``: the package's command line, with its description and flags."""
+    result = subprocess.run(
+        [sys.executable, "scripts/compare_models.py", "--help"], cwd=REPO_ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: compare_models.py [-h] --dataset_dir DATASET_DIR --work_dir WORK_DIR")
+    assert "Rows (``--rows``, default all):" in result.stdout and "--train_only" in result.stdout
