@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
+from monai.transforms import MeanEnsemble
 from torch import nn
 
 from . import onnx_cache
@@ -19,6 +20,7 @@ from .atomic_files import atomic_write, sha256_of
 from .checkpoints import SHAPE_SETTINGS, read_network_settings, read_state_dict
 from .errors import CheckpointError, MissingFileError, SettingError
 from .formats import error_reason
+from .tta import logits_of, probabilities
 
 logger = logging.getLogger(__name__)
 
@@ -192,6 +194,49 @@ def load_predictor(
         raise CheckpointError(message) from error
 
 
+class EnsemblePredictor(Predictor):
+    """The mean probability of ``members`` (MONAI's ``MeanEnsemble``), as logits: (B, C, H, W) -> (B, K, H, W)."""
+
+    def __init__(self, members: Sequence[Predictor]) -> None:
+        super().__init__()
+        self.members, self.mean = nn.ModuleList(members), MeanEnsemble()
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        return logits_of(self.mean([probabilities(member.predict(images)) for member in self.members]))
+
+
+def load_ensemble(
+    predictor: Predictor,
+    ckpt_path: str | os.PathLike,
+    ckpt_paths: Sequence[str | os.PathLike] | None,
+    config_file: str | os.PathLike,
+    backend: str,
+    device: torch.device | str,
+    onnx_cache_dir: str | os.PathLike | None = None,
+) -> Predictor:
+    """``predictor`` (of ``ckpt_path``) when ``ckpt_paths`` is empty; else an :class:`EnsemblePredictor` of the
+    checkpoints in ``ckpt_paths`` (any registered encoders: each network is built from its checkpoint's settings by
+    ``config_file``'s ``network_def``), each with ``backend`` "auto" or "torch"; ``predictor`` is reused for
+    ``ckpt_path``. The input size stays ``ckpt_path``'s (``image_size``)."""
+    if not ckpt_paths:
+        return predictor
+    if backend not in ("auto", "torch"):
+        raise SettingError(f"ckpt_paths (an ensemble) runs with backend auto or torch, got {backend!r}.")
+    members = []
+    for path in ckpt_paths:
+        if not Path(path).is_file():
+            raise MissingFileError(f"checkpoint not found: {path}; check ckpt_paths.")
+        if Path(path).resolve() == Path(ckpt_path).resolve():
+            members.append(predictor)
+            continue
+        config = ConfigParser()
+        config.read_config(str(config_file))
+        network, settings = network_for_checkpoint(config, path)
+        probe = settings["image_size"]
+        members.append(load_predictor(backend, device, network, path, "", "", onnx_cache_dir, probe))
+    return EnsemblePredictor(members)
+
+
 def export_onnx(network: nn.Module, path: str | os.PathLike, image_size: Sequence[int], in_channels: int = 3) -> None:
     """Export ``network`` to ONNX (opset 17, TorchScript exporter) at ``path``, atomically.
 
@@ -201,16 +246,25 @@ def export_onnx(network: nn.Module, path: str | os.PathLike, image_size: Sequenc
     network.eval()
     example = torch.zeros(1, in_channels, *image_size, device=next(network.parameters()).device)
     axes = {0: "batch", 2: "height", 3: "width"}
+    write_onnx(network, example, path, {"image": axes, "pred": axes})
+
+
+def write_onnx(
+    module: nn.Module, example: torch.Tensor, path: str | os.PathLike, axes: dict[str, dict[int, str]]
+) -> None:
+    """Trace ``module`` on ``example`` into ONNX at ``path`` (opset 17, TorchScript exporter), atomically; the first
+    and last names of ``axes`` (input name and output name -> their dynamic axes) name the input and the output."""
+    names = list(axes)
     atomic_write(
         path,
         lambda tmp: torch.onnx.export(
-            network,
+            module,
             (example,),
             str(tmp),
             dynamo=False,
             opset_version=17,
-            input_names=["image"],
-            output_names=["pred"],
-            dynamic_axes={"image": axes, "pred": axes},
+            input_names=names[:1],
+            output_names=names[-1:],
+            dynamic_axes=axes,
         ),
     )

@@ -1,4 +1,5 @@
-"""Helpers of the torchrun configs (multi_gpu_train.json, multi_gpu_evaluate.json): process group, buffers, SyncBatchNorm."""
+"""Helpers of the torchrun configs (multi_gpu_train.json, multi_gpu_evaluate.json, multi_gpu_inference.json):
+process group, barriers and sums over ranks, buffers, SyncBatchNorm."""
 
 from __future__ import annotations
 
@@ -66,3 +67,23 @@ class BroadcastBuffers:
             return
         for buffer in unwrap(engine.network).buffers():
             dist.broadcast(buffer, src=0)
+
+
+def world_size() -> int:
+    """Processes in the current group; 1 without one."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def barrier() -> None:
+    """Wait for every rank (nothing to wait for without a process group or with one rank)."""
+    if world_size() > 1:
+        dist.barrier()
+
+
+def sum_over_ranks(counts: dict[str, int]) -> dict[str, int]:
+    """``counts`` summed key by key over all ranks (``counts`` itself without a process group)."""
+    if world_size() == 1:
+        return dict(counts)
+    gathered: list[dict[str, int] | None] = [None] * world_size()
+    dist.all_gather_object(gathered, counts)
+    return {key: sum(part[key] for part in gathered) for key in counts}

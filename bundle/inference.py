@@ -21,10 +21,12 @@ from torch.utils.data import DataLoader
 
 from .atomic_files import check_output_dir
 from .config import flag
+from .distributed import barrier
 from .errors import DatasetError
 from .formats import error_reason, is_nifti, split_suffix
 from .readers import header_problem
 from .report import REPORT_NAME, SKIPPED, error_row
+from .sharding import check_shard, in_shard, merge_partial_reports, report_path
 
 # ---------------------------------------------------------------- planning
 
@@ -174,6 +176,8 @@ def remove_stale_temporaries(output_dir: Path) -> None:
 class FolderPlan:
     """The inputs under ``dataset_dir`` and what a run does with each: segment it, skip it (its outputs exist and
     not ``overwrite``) or report why it cannot (``rows``: report rows of the inputs not segmented, by index).
+    With ``world_size`` > 1 (torchrun) it plans rank ``rank``'s share only; its rows go to ``report_path``
+    (:mod:`bundle.sharding`).
     """
 
     def __init__(
@@ -183,8 +187,11 @@ class FolderPlan:
         overwrite: bool | str = False,
         save_probabilities: bool | str = False,
         save_overlay: bool | str = False,
+        rank: int | str = 0,
+        world_size: int | str = 1,
     ) -> None:
         self.dataset_dir, self.output_dir = Path(dataset_dir), Path(output_dir)
+        self.rank, self.world_size = check_shard(rank, world_size)
         self.overwrite = flag(overwrite, "overwrite")
         files = discover_files(dataset_dir, exclude=output_dir)
         self.inputs = plan_outputs(
@@ -197,6 +204,8 @@ class FolderPlan:
         self.rows: dict[int, dict[str, object]] = {}
         self.todo: list[int] = []
         for index, plan in enumerate(self.inputs):
+            if not in_shard(index, self.rank, self.world_size):
+                continue
             if plan.error:
                 self.rows[index] = error_row(plan.relative, plan.error)
             elif not self.overwrite and any(path.exists() for path in plan.outputs.values()):
@@ -208,7 +217,17 @@ class FolderPlan:
             else:
                 self.todo.append(index)
         check_output_dir(self.output_dir, sum(estimated_output_bytes(self.inputs[index]) for index in self.todo))
-        remove_stale_temporaries(self.output_dir)
+        if self.rank == 0:  # what a killed run left, before any rank writes
+            self.merge_reports()
+            remove_stale_temporaries(self.output_dir)
+        barrier()
+        self.report_path = report_path(self.output_dir, self.rank, self.world_size)
+
+    def merge_reports(self) -> dict[str, dict[str, str]]:
+        """Rank 0: the partial reports of a sharded run appended to ``predictions.csv`` in input order
+        (:mod:`bundle.sharding`); the current row of each path."""
+        order = {plan.relative: index for index, plan in enumerate(self.inputs)}
+        return merge_partial_reports(self.output_dir, order)
 
     def relative(self, path: Path) -> str:
         return Path(os.path.relpath(path, os.path.abspath(self.output_dir))).as_posix()

@@ -19,6 +19,7 @@ from monai.transforms import MapTransform
 from .atomic_files import write_nifti_mask, write_npy, write_png
 from .config import flag
 from .data import data_root
+from .distributed import sum_over_ranks
 from .errors import DatasetError, OutputError
 from .formats import error_reason, is_nifti, split_suffix
 from .inference import DecodedBatches, FolderPlan, InputPlan
@@ -87,8 +88,9 @@ class FolderWriter:
         if any("overlay" in item.outputs for item in plan.inputs) and display_transform is None:
             raise ValueError("save_overlay needs a display_transform.")
         self.plan, self.batches, self.display_transform = plan, batches, display_transform
-        self.report = PredictionReport(plan.output_dir / REPORT_NAME)
-        self.latest = self.report.latest()  # the current row of each path, this run's included
+        self.report = PredictionReport(plan.report_path)  # a sharded rank's partial report (bundle.sharding)
+        main = self.report if plan.world_size == 1 else PredictionReport(plan.output_dir / REPORT_NAME)
+        self.latest = main.latest()  # the current row of each path, this run's included
         self.statuses: dict[int, str] = {}  # this run's status of each input
         self.failures_seen = 0
         self.pending: list[Future] = []
@@ -185,8 +187,10 @@ class FolderWriter:
     def finish(self, engine: Engine) -> None:
         self.wait()
         counts = {status: sum(s == status for s in self.statuses.values()) for status in (OK, SKIPPED)}
-        errors = len(self.statuses) - sum(counts.values())
-        path = self.report.path
+        counts = sum_over_ranks({**counts, "errors": len(self.statuses) - sum(counts.values())})  # waits for all ranks
+        errors, path = counts.pop("errors"), self.plan.output_dir / REPORT_NAME
+        if self.plan.world_size > 1 and self.plan.rank == 0:
+            self.latest = self.plan.merge_reports()
         logger.info("%d ok, %d skipped, %d errors; report: %s", counts[OK], counts[SKIPPED], errors, path)
         engine.state.report = [self.latest.get(plan.relative, {}) for plan in self.plan.inputs]
         if not any(counts.values()):

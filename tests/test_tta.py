@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 from bundle.demo import make_demo_dataset
-from bundle.tta import TTAInferer, probabilities
+from bundle.tta import FLIP_DIMS, TTAInferer, probabilities
 from PIL import Image
 
 from tests.helpers import REPO_ROOT, run_bundle
@@ -80,3 +80,46 @@ def test_inference_and_evaluation_run_with_tta(tmp_path):
     )
     assert isinstance(workflow.parser.get_parsed_content("validate#evaluator").inferer, TTAInferer)
     assert (tmp_path / "eval" / "metrics_summary.json").is_file()
+
+
+class CountingNetwork(torch.nn.Module):
+    """A network that sees the position (not flip-equivariant) and counts its forward calls and their batch sizes."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.calls = torch.nn.Conv2d(3, 1, kernel_size=3, padding=1).eval(), []
+
+    def forward(self, x):
+        self.calls.append(x.shape[0])
+        ramp = torch.linspace(-2, 2, x.shape[-1]).expand(1, 1, *x.shape[2:])
+        return self.conv(x) * 3 + ramp
+
+
+@pytest.mark.parametrize("mode,scales,calls", [("flips", [1.0], 1), ("flips+scales", [1.0, 1.2, 0.5, 1.01], 3)])
+def test_batched_members_equal_one_pass_per_member_in_fewer_calls(mode, scales, calls):
+    """The batched inferer gives the logits and ``member_spread`` of one forward per member, in one call per distinct
+    scaled size (1.0 and 1.01 round to the same size), each call carrying the four flips of the batch."""
+    x = torch.rand(2, 3, 64, 96)
+    results = {}
+    for batched in (True, False):
+        network, inferer = CountingNetwork(), TTAInferer(mode, scales=scales, batched=batched)
+        with torch.no_grad():
+            results[batched] = (inferer(x, network), inferer.member_spread, network.calls)
+    (batched_out, batched_spread, batched_calls), (out, spread, single_calls) = results[True], results[False]
+    assert batched_calls == [8] * calls and single_calls == [2] * 4 * calls
+    assert torch.allclose(probabilities(batched_out), probabilities(out), atol=1e-6)
+    assert batched_spread.shape == (2,) and torch.allclose(batched_spread, spread, atol=1e-6)
+    assert (batched_spread > 0).all()  # the members disagree: the network sees the position
+
+
+def test_member_spread_is_the_mean_absolute_deviation_of_the_members():
+    network, x = CountingNetwork(), torch.rand(3, 3, 32, 32)
+    inferer = TTAInferer("flips")
+    with torch.no_grad():
+        inferer(x, network)
+        members = torch.stack(
+            [torch.sigmoid(torch.flip(network(torch.flip(x, d)), d) if d else network(x)) for d in FLIP_DIMS]
+        )
+    expected = (members - members.mean(0)).abs().mean(dim=(0, 2, 3, 4))
+    assert torch.allclose(inferer.member_spread, expected, atol=1e-6)
