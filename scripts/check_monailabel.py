@@ -13,18 +13,17 @@
 4. A studies folder of non-square images (JPG, PNG, TIFF) with labels in ``labels/final``: synthetic polyps, or
    the first images of ``--images DIR`` (``images/`` + ``masks/``, e.g. Kvasir-SEG).
 5. ``configs/inference.json`` run directly on the studies (the reference masks).
-6. ``monailabel start_server`` on 127.0.0.1; ``GET /info/``; ``POST /infer/lh_utanet`` for one image per format
-   with the default writer: the mask must be 2D uint8 at the image's H×W and its Dice against the label within
-   ``--dice_tolerance`` of the direct run's; ``POST /train/lh_utanet`` for 1 epoch from the shipped weights: it
-   must finish, write a new checkpoint under ``models/monailabel/`` and leave the shipped weights (sha256) as they
-   were, in the app and in this repository. The server is stopped by its process group id, whatever happens.
+6. ``monailabel start_server`` on 127.0.0.1; ``GET /info/``; ``POST /infer/lh_utanet`` per image format: a 2D
+   uint8 mask at the image's H×W, Dice against the label within ``--dice_tolerance`` of the direct run's, and a
+   ``qc_score`` in the JSON result; ``POST /train/lh_utanet``, 1 epoch from the shipped weights: a new checkpoint
+   under ``models/monailabel/``, the shipped weights (sha256) unchanged in the app and here. The server is stopped
+   by its process group id, whatever happens.
 7. With ``--write-docs FILE``, once every check passed: the measured figures as Markdown (date, machine, command).
 
-Usage (from the repository root; about 4 minutes to build the environment the first time, then about 2):
+Usage (from the repository root; about 4 minutes to build the environment the first time, then about 2; exit code
+0 when every check passes, 1 otherwise; each check prints one line):
     python scripts/check_monailabel.py [--images ../shared/data/kvasir-seg] [--venv .venv-monailabel] [--keep]
     python scripts/check_monailabel.py --write-docs docs/monailabel_check.md
-
-Exit code 0 when every check passes, 1 otherwise; each check prints one line.
 """
 
 from __future__ import annotations
@@ -229,19 +228,24 @@ def direct_masks(studies: dict[str, Path], work: Path) -> dict[str, np.ndarray]:
     return {study: read_mask(out / f"{study}_mask.png") for study in studies}
 
 
-def infer(server: Server, study: str, result: Path, **params: object) -> Path:
-    """``POST /infer/lh_utanet`` of ``study`` with ``params``; the returned mask file is written to ``result``."""
+def infer(server: Server, study: str, result: Path | None, **params: object) -> Path | dict:
+    """``POST /infer/lh_utanet`` of ``study`` with ``params``: the mask file written to ``result``, or with ``result``
+    None the result JSON (where the quality score comes back)."""
     body = urllib.parse.urlencode({"params": json.dumps({"device": "cpu", **params})}).encode()
-    query = urllib.parse.urlencode({"image": study, "output": "image"})
-    result.write_bytes(server.request("POST", f"/infer/{BUNDLE_NAME}?{query}", timeout=120, data=body))
+    query = urllib.parse.urlencode({"image": study, "output": "image" if result else "json"})
+    answer = server.request("POST", f"/infer/{BUNDLE_NAME}?{query}", timeout=120, data=body)
+    if result is None:
+        return json.loads(answer)
+    result.write_bytes(answer)
     return result
 
 
 def check_infer(
     server: Server, studies: dict[str, Path], labels: Path, direct: dict[str, np.ndarray], tolerance: float, out: Path
 ) -> list[list[str]]:
-    """/infer on the first study of each format: 2D uint8 mask at H×W, Dice within ``tolerance`` of the direct run's;
-    for JPG also with ``result_extension`` .png, which must equal the direct mask. Returns a table row per format."""
+    """/infer on the first study of each format: 2D uint8 mask at H×W, Dice within ``tolerance`` of the direct run's,
+    a qc_score in [0, 1]; for JPG also with ``result_extension`` .png, which must equal the direct mask. Returns a
+    table row per format."""
     checked, rows = set(), []
     for study, path in studies.items():
         if path.suffix in checked:
@@ -269,6 +273,10 @@ def check_infer(
             if png_agreement < 1.0:
                 raise CheckError(f"{path.name}: the PNG result differs from the direct mask")
             agreement += f" (JPEG, lossy); {png_agreement:.4f} with `result_extension` `.png`"
+        quality = infer(server, study, None)
+        print(f"infer {path.name}: qc_score {quality.get('qc_score')}, needs_review {quality.get('needs_review')}")
+        if not 0 <= float(quality.get("qc_score", -1)) <= 1 or quality.get("needs_review") not in (0, 1):
+            raise CheckError(f"{path.name}: /infer's JSON result lacks qc_score or needs_review: {quality}")
         cells = [path.suffix[1:].upper(), f"{height}×{width}", f"{stored.shape} {stored.dtype}", f"{served:.4f}"]
         rows.append([*cells, f"{reference:.4f}", agreement])
     return rows

@@ -1,7 +1,10 @@
-"""Write a MONAI datalist (training / validation / test, paths relative to DIR) for an image/mask folder.
+"""Write a MONAI datalist (training / validation / test, paths relative to the datalist) for an image/mask folder.
 
-Example:
+Examples:
     python scripts/prepare_datalist.py data/kvasir-seg --test-names data/kvasir-seg/pranet_test_names.txt
+    # cross-centre validation: train on Kvasir-SEG, test on CVC-ClinicDB's non-test frames (its test list unused)
+    python scripts/prepare_datalist.py data/kvasir-seg --test-names data/kvasir-seg/pranet_test_names.txt \
+        --test-from data/cvc-clinicdb --output runs/kvasir-to-clinicdb/datalist.json
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bundle.atomic_files import atomic_write_json
-from bundle.data import find_image_mask_pairs
+from bundle.data import find_image_mask_pairs, load_datalist
 from bundle.splits import split_pairs
 
 
@@ -23,6 +26,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--test-names", metavar="FILE", help="text file, one image name per line, for the test split")
     parser.add_argument("--val-fraction", type=float, default=0.2, help="fraction of the non-test pairs for validation")
     parser.add_argument("--seed", type=int, default=0, help="seed of the train/validation shuffle")
+    parser.add_argument(
+        "--test-from",
+        metavar="OTHER_DIR",
+        help="cross-centre validation: test on OTHER_DIR's training + validation pairs (its own test split and "
+        "DIR's test images stay unused)",
+    )
     parser.add_argument("--output", metavar="PATH", help="output file (default: DIR/datalist.json)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     return parser.parse_args(argv)
@@ -41,11 +50,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.test_names:
             test_names = Path(args.test_names).read_text(encoding="utf-8").splitlines()
         splits = split_pairs(find_image_mask_pairs(root), args.val_fraction, args.seed, test_names)
+        if args.test_from:
+            other = load_datalist(args.test_from, args.val_fraction, args.seed)
+            splits["test"] = other["training"] + other["validation"]
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     datalist = {
-        key: [{k: os.path.relpath(v, root) for k, v in pair.items()} for pair in items] for key, items in splits.items()
+        key: [{k: os.path.relpath(v, output.parent) for k, v in pair.items()} for pair in items]
+        for key, items in splits.items()
     }
     atomic_write_json(output, datalist)
     for key, items in datalist.items():

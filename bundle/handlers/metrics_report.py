@@ -21,6 +21,7 @@ from monai.utils import ImageMetaKey
 
 from ..atomic_files import atomic_write_csv, atomic_write_json
 from ..config import flag
+from ..quality import FEATURES
 
 METRIC_NAMES: tuple[str, ...] = ("dice", "iou", "precision", "recall", "hd95")
 
@@ -50,7 +51,8 @@ def binary_metrics(pred: torch.Tensor, label: torch.Tensor) -> dict[str, float]:
 class SegmentationMetricsWriter:
     """Collect :func:`binary_metrics` for every image an evaluator sees; write them when the run ends.
 
-    Writes ``{prefix}_per_image.csv`` (image, source when the data name one, dice, iou, precision, recall, hd95) and
+    Writes ``{prefix}_per_image.csv`` (image, source when the data name one, dice, iou, precision, recall, hd95, and
+    after :class:`~bundle.quality.QualityScored` the quality score ``qc_score``, ``needs_review`` and its features) and
     ``{prefix}_summary.json`` (mean, median, std and count of non-NaN values per metric) into
     ``output_dir``, atomically, with the rows sorted by image. Refuses to start when those files exist,
     unless ``overwrite``. Expects post-processed, decollated outputs with binary ``pred`` and ``label`` of
@@ -88,7 +90,8 @@ class SegmentationMetricsWriter:
         for data, item in zip(engine.state.batch, engine.state.output):
             name = getattr(item["image"], "meta", {}).get(ImageMetaKey.FILENAME_OR_OBJ, f"image_{len(self.rows)}")
             source = {"source": data["source"]} if "source" in data else {}
-            self.rows.append({"image": str(name), **source, **binary_metrics(item["pred"], item["label"])})
+            quality = {**item.get("result", {}), **item.get("quality", {})}  # bundle.quality.QualityScored
+            self.rows.append({"image": str(name), **source, **binary_metrics(item["pred"], item["label"]), **quality})
 
     def summary(self, rows: list[dict[str, object]] | None = None) -> dict[str, dict[str, float]]:
         """Mean, median, std and count of the non-NaN per-image values of each metric (of ``rows``, default all)."""
@@ -112,7 +115,8 @@ class SegmentationMetricsWriter:
         if idist.get_rank() != 0:
             return
         sources = ["source"] if any("source" in row for row in self.rows) else []
-        atomic_write_csv(self.csv_path, ["image", *sources, *METRIC_NAMES], self.rows)
+        quality = ["qc_score", "needs_review", *FEATURES] if any("qc_score" in row for row in self.rows) else []
+        atomic_write_csv(self.csv_path, ["image", *sources, *METRIC_NAMES, *quality], self.rows)
         summary = {"images": len(self.rows), "metrics": self.summary()}
         for source in sorted({str(row["source"]) for row in self.rows if "source" in row}):
             rows = [row for row in self.rows if row.get("source") == source]

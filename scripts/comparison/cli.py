@@ -36,6 +36,7 @@ from pathlib import Path
 
 from scripts.bench.peers import LH_ENCODERS
 from scripts.comparison.catalogue import build_rows
+from scripts.comparison.recipes import recipe_rows
 from scripts.comparison.report import write_summary
 from scripts.comparison.runner import Comparison
 
@@ -71,6 +72,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--study", default="", help="comma-separated encoders to run the stage-2 recipe study for (STAGE2_RECIPES)"
     )
     parser.add_argument("--study_seeds", default="0,1,2", help="comma-separated seeds of every study recipe")
+    parser.add_argument(
+        "--recipes", action="store_true", help="add the cross-centre training recipes (CROSS_CENTRE_RECIPES) as rows"
+    )
     parser.add_argument(
         "--stage1_ckpt", help="stage-1 checkpoint that every stage-2 row fine-tunes (default: its stage-1 row's)"
     )
@@ -112,6 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"--ablations/--study: unknown encoder(s) {unknown}; choose from {list(LH_ENCODERS)}")
     rows = build_rows(ablations, study, [int(seed) for seed in args.study_seeds.split(",") if seed], args.variants)
+    if args.recipes:
+        rows.update(recipe_rows())
     keys = args.rows.split(",") if args.rows else list(rows)
     unknown = sorted(set(keys) - set(rows))
     if unknown:
