@@ -78,10 +78,16 @@ def outline_band(mask: np.ndarray) -> np.ndarray:
     return dilated & ~eroded
 
 
+def standardised(value: float, mean: float, std: float, limit: float = 3.0) -> float:
+    """``(value - mean) / std`` clipped to ±``limit``: an image far outside the fit set's range (a thousand
+    components) counts as an extreme one, not as a thousand times one."""
+    return max(-limit, min(limit, (value - mean) / std))
+
+
 def qc_score(features: dict[str, float]) -> float:
     """The logistic quality score in [0, 1] of :func:`quality_features` (module docstring)."""
     model = quality_model()
-    values = [(features[name] - mean) / std for name, mean, std in zip(FEATURES, model["mean"], model["std"])]
+    values = [standardised(features[name], mean, std) for name, mean, std in zip(FEATURES, model["mean"], model["std"])]
     logit = model["intercept"] + sum(weight * value for weight, value in zip(model["weights"], values))
     return float(1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, logit)))))
 
