@@ -27,6 +27,7 @@ from .formats import error_reason, is_nifti, split_suffix
 from .readers import header_problem
 from .report import REPORT_NAME, SKIPPED, error_row
 from .sharding import check_shard, in_shard, merge_partial_reports, report_path
+from .video_io import VIDEO_OUTPUT_SUFFIXES, is_video, remove_partial_folders, video_outputs
 
 # ---------------------------------------------------------------- planning
 
@@ -71,16 +72,19 @@ def discover_files(dataset_dir: str | os.PathLike, exclude: str | os.PathLike | 
     return files
 
 
-OUTPUT_SUFFIXES = ("_mask.png", "_mask.nii.gz", "_prob.npy", "_overlay.png")
+OUTPUT_SUFFIXES = ("_mask.png", "_mask.nii.gz", "_prob.npy", "_overlay.png", *VIDEO_OUTPUT_SUFFIXES)
 
 
 def without_earlier_outputs(files: Sequence[Path]) -> list[Path]:
-    """``files`` less the outputs an earlier run wrote beside its inputs (``a_mask.png`` next to ``a.jpg``)."""
-    stems = {path.parent / split_suffix(path.name)[0] for path in files}
+    """``files`` less the outputs an earlier run wrote beside its inputs (``a_mask.png`` next to ``a.jpg``;
+    ``a.overlay.mp4``, ``a.frames.csv`` and the frame masks ``a/000000_mask.png`` next to ``a.mp4``)."""
+    videos = {path.parent / path.name.rsplit(".", 1)[0] for path in files if is_video(path.name)}
+    stems = {path.parent / split_suffix(path.name)[0] for path in files} | videos
     return [
         path
         for path in files
         if path.name != REPORT_NAME
+        and not (path.parent in videos and path.name[:6].isdigit() and path.name.endswith("_mask.png"))
         and not any(
             path.name.endswith(end) and path.parent / path.name[: -len(end)] in stems for end in OUTPUT_SUFFIXES
         )
@@ -113,20 +117,26 @@ def plan_outputs(
     output_dir: str | os.PathLike,
     save_probabilities: bool = False,
     save_overlay: bool = False,
+    save_frames: bool = False,
 ) -> list[InputPlan]:
     """An :class:`InputPlan` per file; the output tree under ``output_dir`` mirrors ``dataset_dir``.
 
     Outputs: ``mask`` (``<base>_mask.png``, or ``<base>_mask.nii.gz`` for NIfTI input), optional
-    ``probabilities`` (``<base>_prob.npy``) and ``overlay`` (``<base>_overlay.png``).
+    ``probabilities`` (``<base>_prob.npy``) and ``overlay`` (``<base>_overlay.png``); a video's are
+    :func:`~bundle.video_io.video_outputs`.
     """
     root, out = Path(os.path.abspath(dataset_dir)), Path(os.path.abspath(output_dir))
     bases = output_bases(files, root)
     plans = []
     for path in files:
         relative = path.relative_to(root).as_posix()
-        problem = unusable_entry(path, path in bases)
+        problem = unusable_entry(path, path in bases or is_video(path.name))
         if problem:
             plans.append(InputPlan(path, relative, {}, problem))
+            continue
+        if is_video(path.name):
+            base = out / path.relative_to(root).parent / path.name.rsplit(".", 1)[0]
+            plans.append(InputPlan(path, relative, video_outputs(path, base, files, save_frames)))
             continue
         base = str(out / bases[path])
         outputs = {"mask": Path(base + ("_mask.nii.gz" if is_nifti(path.name) else "_mask.png"))}
@@ -187,6 +197,7 @@ class FolderPlan:
         overwrite: bool | str = False,
         save_probabilities: bool | str = False,
         save_overlay: bool | str = False,
+        save_frames: bool | str = False,
         rank: int | str = 0,
         world_size: int | str = 1,
     ) -> None:
@@ -200,9 +211,11 @@ class FolderPlan:
             output_dir,
             flag(save_probabilities, "save_probabilities"),
             flag(save_overlay, "save_overlay"),
+            flag(save_frames, "save_frames"),
         )
         self.rows: dict[int, dict[str, object]] = {}
         self.todo: list[int] = []
+        self.videos: list[int] = []  # segmented by bundle.video.VideoRunner
         for index, plan in enumerate(self.inputs):
             if not in_shard(index, self.rank, self.world_size):
                 continue
@@ -215,11 +228,12 @@ class FolderPlan:
                     "mask": self.relative(plan.outputs["mask"]),
                 }
             else:
-                self.todo.append(index)
+                (self.videos if is_video(plan.source.name) else self.todo).append(index)
         check_output_dir(self.output_dir, sum(estimated_output_bytes(self.inputs[index]) for index in self.todo))
         if self.rank == 0:  # what a killed run left, before any rank writes
             self.merge_reports()
             remove_stale_temporaries(self.output_dir)
+            remove_partial_folders(self.output_dir)
         barrier()
         self.report_path = report_path(self.output_dir, self.rank, self.world_size)
 

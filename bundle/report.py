@@ -33,6 +33,10 @@ REPORT_FIELDS: tuple[str, ...] = (
     "foreground_fraction",
     "components",
     "mean_foreground_probability",
+    "frames",  # videos (bundle.video): frames decoded, frames/s achieved, frames with a mask, frames dropped
+    "fps",
+    "frames_with_polyp",
+    "dropped_frames",
     "mask",
 )
 OK, SKIPPED = "ok", "skipped: output exists"

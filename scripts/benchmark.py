@@ -6,7 +6,9 @@ throughput. Suites (one module each in ``scripts/bench/``):
 - ``architecture``: one group of variants per LH-UTANet design choice, with the torch latency difference to each
   group's reference row (``docs/architecture_costs.md``);
 - ``throughput``: images/s of the folder inference command on the 100 Kvasir-SEG test JPGs
-  (``docs/benchmark_throughput.md``), randomly initialised checkpoints.
+  (``docs/benchmark_throughput.md``), randomly initialised checkpoints;
+- ``video``: frames/s and latency of video inference at 576p and 1080p, and the CVC-ClinicDB temporal-smoothing
+  study (``docs/benchmark_video.md``, ``scripts/bench/video.py``).
 
 Every measurement runs in a fresh subprocess (this script re-invoked with the hidden ``--worker KEY --backend B``
 options, answering with one JSON line), over ``--repeats`` interleaved round-robin rounds; the reported value is the
@@ -18,6 +20,7 @@ Usage (from the repository root)::
     python scripts/benchmark.py
     python scripts/benchmark.py --suite architecture
     python scripts/benchmark.py --suite throughput
+    python scripts/benchmark.py --suite video
     python scripts/benchmark.py --models basicunet,unet --repeats 1 --iters 5 --no-write
 """
 
@@ -40,7 +43,7 @@ from pathlib import Path
 
 import torch
 from bundle.atomic_files import atomic_write_text
-from scripts.bench import architecture, latency, throughput
+from scripts.bench import architecture, latency, throughput, video
 from scripts.bench.measure import (
     NOISY_SPREAD,
     WARMUP_ITERS,
@@ -100,6 +103,9 @@ SUITES: dict[str, Suite] = {
         lambda key: ("pipeline",),
         throughput.results_section,
         "× UNet = images/s / images/s of MONAI UNet through the same pipeline with `--tta none`.",
+    ),
+    "video": Suite(  # its own runner: scripts/bench/video.py
+        "Video inference (CPU)", REPO_ROOT / "docs" / "benchmark_video.md", video.ROWS, None, None, ""
     ),
 }
 
@@ -198,7 +204,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch / ONNX Runtime threads")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--iters", type=int, default=30, help="timed iterations per round")
-    parser.add_argument("--suite", choices=SUITES, default="main", help="main, architecture or throughput")
+    parser.add_argument("--suite", choices=SUITES, default="main", help="main, architecture, throughput or video")
     parser.add_argument("--models", help="comma-separated row keys of the suite (default all; a wrong key lists them)")
     parser.add_argument("--output", type=Path, help="markdown report path (default: the suite's file in docs/)")
     parser.add_argument("--no-write", action="store_true", help="print the report without writing it")
@@ -229,6 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.worker:
         print(json.dumps({"key": args.worker, "value": measure(args.suite, args.worker, args.backend, args)}))
         return 0
+    if args.suite == "video":
+        return video.run_suite(args, argv)
     if args.suite == "throughput" and not throughput.KVASIR.is_dir():
         print(f"error: the throughput suite needs Kvasir-SEG in {throughput.KVASIR}; not found.", file=sys.stderr)
         return 2

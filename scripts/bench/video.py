@@ -1,0 +1,306 @@
+"""The video suite (``python scripts/benchmark.py --suite video``): frames/s end to end and per-frame latency of
+``configs/inference.json`` on a 576p and a 1080p video rendered from Kvasir-SEG test images with pans and zooms,
+with ``--tta none``, the default TTA and ``--realtime true``, beside the folder path on the same frames; and the
+CVC-ClinicDB temporal-smoothing study (:mod:`scripts.bench.video_smoothing`). Writes ``docs/benchmark_video.md``.
+
+Each measurement runs in a fresh process (``python -m scripts.bench.video --worker KEY --input DIR``), answering
+with one JSON line; the videos are generated in a temporary folder, never in the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .measure import cpu_model, markdown_table
+from .throughput import INFERENCE_CONFIG, KVASIR, REPO_ROOT, kvasir_test_images
+
+FPS, FRAMES = 25, 150  # the rendered videos: 6 s at 25 frames/s
+SIZES = {"576p": (576, 720), "1080p": (1080, 1920)}  # (H, W): PAL SD (colonoscopy recorders) and full HD
+
+
+@dataclass(frozen=True)
+class VideoRow:
+    """One measurement: inference.json on the ``size`` video (or, ``folder``, on its frames as JPGs)."""
+
+    size: str
+    label: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    folder: bool = False
+
+
+ROWS: dict[str, VideoRow] = {
+    "576p-notta": VideoRow("576p", "video, --tta none", {"tta": "none"}),
+    "576p-tta": VideoRow("576p", "video, default TTA (flips+scales)"),
+    "576p-realtime": VideoRow("576p", "video, --realtime true", {"realtime": True}),
+    "576p-folder": VideoRow("576p", "folder of its frames (JPG), --tta none", {"tta": "none"}, folder=True),
+    "1080p-notta": VideoRow("1080p", "video, --tta none", {"tta": "none"}),
+    "1080p-tta": VideoRow("1080p", "video, default TTA (flips+scales)"),
+    "1080p-realtime": VideoRow("1080p", "video, --realtime true", {"realtime": True}),
+    "1080p-folder": VideoRow("1080p", "folder of its frames (JPG), --tta none", {"tta": "none"}, folder=True),
+    "clinicdb": VideoRow("", "CVC-ClinicDB study (video vs image path, temporal smoothing)"),
+}
+GOALS = {"576p-notta": ("frames/s", 30.0), "1080p-notta": ("frames/s", 25.0), "realtime": ("p95 latency ms", 50.0)}
+
+
+def camera_path(index: int, count: int) -> tuple[float, float, float]:
+    """(centre x, centre y, zoom) of frame ``index`` of ``count``: a slow pan in a loop and a zoom from 1× to 1.6×."""
+    phase = 2 * np.pi * index / count
+    return 0.5 + 0.15 * np.sin(phase), 0.5 + 0.12 * np.sin(2 * phase), 1.3 + 0.3 * np.sin(3 * phase)
+
+
+def render_video(path: Path, size: tuple[int, int], frames: int = FRAMES, fps: int = FPS) -> list[np.ndarray]:
+    """Write an H.264 MP4 (crf 18, yuv420p) of ``frames`` (H, W) frames panning and zooming over Kvasir-SEG test
+    images (a new image every 2 s); return the frames as written (RGB)."""
+    import av
+
+    sources = [Image.open(image).convert("RGB") for image in kvasir_test_images()[: frames // (2 * fps) + 1]]
+    height, width = size
+    written = []
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.height, stream.width, stream.pix_fmt = height, width, "yuv420p"
+        stream.options = {"crf": "18", "preset": "fast"}
+        for index in range(frames):
+            source = sources[index // (2 * fps)]
+            x, y, zoom = camera_path(index, frames)
+            crop_w = source.width / zoom
+            crop_h = min(source.height / zoom, crop_w * height / width)
+            crop_w = crop_h * width / height
+            left, top = x * (source.width - crop_w), y * (source.height - crop_h)
+            frame = source.resize((width, height), Image.BILINEAR, box=(left, top, left + crop_w, top + crop_h))
+            written.append(np.asarray(frame))
+            video_frame = av.VideoFrame.from_ndarray(written[-1], format="rgb24")
+            video_frame.pts, video_frame.time_base = index, Fraction(1, fps)
+            container.mux(stream.encode(video_frame))
+        container.mux(stream.encode(None))
+    return written
+
+
+def decoded_jpgs(video: Path, folder: Path) -> int:
+    """The decoded frames of ``video`` as JPGs (quality 95) in ``folder``: the folder path's input."""
+    import av
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with av.open(str(video)) as container:
+        for index, frame in enumerate(container.decode(video=0)):
+            frame.to_image().save(folder / f"frame{index:04d}.jpg", quality=95)
+    return index + 1
+
+
+def run_inference(dataset_dir: Path, output_dir: Path, overrides: dict[str, Any]) -> tuple[float, list[dict]]:
+    """(seconds, report rows) of inference.json's evaluator on ``dataset_dir`` with the shipped model, on the CPU;
+    the evaluator is built (one-off ONNX export) before the clock starts."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(INFERENCE_CONFIG))
+    parser.update(
+        {
+            "bundle_root": str(REPO_ROOT),
+            "dataset_dir": str(dataset_dir),
+            "output_dir": str(output_dir),
+            "onnx_cache_dir": str(output_dir.parent / "onnx"),
+            "device": "$torch.device('cpu')",
+            **overrides,
+        }
+    )
+    evaluator = parser.get_parsed_content("evaluator")
+    start = time.perf_counter()
+    evaluator.run()
+    seconds = time.perf_counter() - start
+    return seconds, evaluator.state.report
+
+
+def measure(key: str, inputs: Path) -> dict[str, float]:
+    """Frames/s end to end, per-frame latency p50/p95 (ms) and frames dropped of row ``key`` on ``inputs``
+    (``<size>.mp4`` and the folder ``<size>_frames/``)."""
+    row = ROWS[key]
+    with tempfile.TemporaryDirectory(prefix="video-bench-") as tmp:
+        out = Path(tmp) / "out"
+        if row.folder:
+            seconds, report = run_inference(inputs / f"{row.size}_frames", out, row.overrides)
+            return {"fps": len(report) / seconds}
+        folder = Path(tmp) / "in"
+        folder.mkdir()
+        (folder / "video.mp4").symlink_to(inputs / f"{row.size}.mp4")
+        seconds, report = run_inference(folder, out, row.overrides)
+        if report[0].get("status") != "ok":
+            raise RuntimeError(f"the video was not segmented: {report[0]}")
+        import csv
+
+        with open(out / "video.frames.csv", newline="", encoding="utf-8") as stream:
+            frames = list(csv.DictReader(stream))
+        latencies = [float(r["latency_ms"]) for r in frames if r["dropped"] == "0"]
+        done = len(latencies)
+        return {
+            "fps": done / seconds,
+            "p50": float(np.percentile(latencies, 50)),
+            "p95": float(np.percentile(latencies, 95)),
+            "dropped": len(frames) - done,
+            "frames": len(frames),
+        }
+
+
+FIGURE = REPO_ROOT / "docs" / "figures" / "video_overlay.png"
+
+
+def overlay_still(video: Path, path: Path, index: int = 60, width: int = 480) -> None:
+    """Frame ``index`` of the overlay that inference.json (``--tta none``) makes of ``video``, ``width`` pixels wide,
+    as the PNG ``path`` (the docs' figure)."""
+    import av
+    from bundle.atomic_files import write_png
+
+    with tempfile.TemporaryDirectory(prefix="video-still-") as tmp:
+        folder = Path(tmp) / "in"
+        folder.mkdir()
+        (folder / "video.mp4").symlink_to(video)
+        run_inference(folder, Path(tmp) / "out", {"tta": "none"})
+        with av.open(str(Path(tmp) / "out" / "video.overlay.mp4")) as container:
+            frame = next(f for i, f in enumerate(container.decode(video=0)) if i == index).to_image()
+    still = frame.resize((width, round(frame.height * width / frame.width)), Image.LANCZOS)
+    write_png(path, np.asarray(still))
+
+
+def worker(key: str, inputs: Path, threads: int) -> dict[str, float]:
+    """:func:`measure` in a fresh process with ``threads`` threads."""
+    command = [sys.executable, "-m", "scripts.bench.video", "--worker", key, "--input", str(inputs)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    proc = subprocess.run(command, check=False, capture_output=True, text=True, cwd=REPO_ROOT, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker for {key!r} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def median_cell(values: list[float], digits: int = 1) -> str:
+    text = f"{statistics.median(values):.{digits}f}"
+    return text if len(values) == 1 else f"{text} ({', '.join(f'{v:.{digits}f}' for v in values)})"
+
+
+def results_table(rounds: dict[str, list[dict[str, float]]]) -> tuple[str, str]:
+    """Markdown tables: measurements (median of the rounds, each round in brackets) and goals."""
+    body = []
+    for key, values in rounds.items():
+        row = ROWS[key]
+        cells = [median_cell([v[name] for v in values]) if name in values[0] else "–" for name in ("p50", "p95")]
+        dropped = f"{statistics.median(v['dropped'] for v in values):.0f} / {values[0]['frames']:.0f}"
+        body.append([row.size, row.label, median_cell([v["fps"] for v in values]), *cells,
+                     dropped if not row.folder else "–"])  # fmt: skip
+    head = ["Video", "Path", "frames/s end to end", "latency p50 (ms)", "latency p95 (ms)", "dropped / frames"]
+    goals = []
+    for key, (metric, target) in GOALS.items():
+        keys = [k for k in rounds if k.endswith(key)] if key == "realtime" else [key] * (key in rounds)
+        for k in keys:
+            value = statistics.median(v["p95" if metric.startswith("p95") else "fps"] for v in rounds[k])
+            met = value <= target if metric.startswith("p95") else value >= target
+            sign = "≤" if metric.startswith("p95") else "≥"
+            goals.append([f"{ROWS[k].size} {ROWS[k].label}", f"{metric} {sign} {target:g}", f"{value:.1f}",
+                          "PASS" if met else "FAIL"])  # fmt: skip
+    return markdown_table(head, body), markdown_table(["Row", "Goal", "Measured", ""], goals)
+
+
+def run_suite(args: argparse.Namespace, argv: list[str]) -> int:
+    """The suite for ``scripts/benchmark.py --suite video`` (module docstring); returns the exit code."""
+    from bundle.atomic_files import atomic_write_text
+
+    from .video_smoothing import results_section, study
+
+    if not KVASIR.is_dir():
+        print(f"error: the video suite needs Kvasir-SEG in {KVASIR}; not found.", file=sys.stderr)
+        return 2
+    start, load_start = time.perf_counter(), os.getloadavg()[0]
+    keys = [key for key in ROWS if key in args.models and key != "clinicdb"]
+    rounds: dict[str, list[dict[str, float]]] = {key: [] for key in keys}
+    with tempfile.TemporaryDirectory(prefix="video-suite-") as tmp:
+        inputs = Path(tmp)
+        for size in sorted({ROWS[key].size for key in keys}):
+            render_video(inputs / f"{size}.mp4", SIZES[size])
+            decoded_jpgs(inputs / f"{size}.mp4", inputs / f"{size}_frames")
+        if not args.no_write and "576p" in {ROWS[key].size for key in keys}:
+            overlay_still(inputs / "576p.mp4", FIGURE)
+        for r in range(args.repeats):
+            for key in keys[r % len(keys) :] + keys[: r % len(keys)] if keys else []:
+                rounds[key].append(worker(key, inputs, args.threads))
+                print(f"[round {r + 1}/{args.repeats}] {key}: {rounds[key][-1]}", file=sys.stderr)
+    smoothing = ""
+    if "clinicdb" in args.models:
+        default = float(json.loads(INFERENCE_CONFIG.read_text(encoding="utf-8"))["temporal_smoothing"])
+        smoothing = results_section(study(run_inference), default)
+    load_end = os.getloadavg()[0]
+    measurements, goals = results_table(rounds) if keys else ("", "")
+    report = format_report(args, argv, measurements, goals, smoothing, (load_start, load_end))
+    print(report)
+    if not args.no_write:
+        atomic_write_text(args.output, report)
+        print(f"wrote {args.output}", file=sys.stderr)
+    print(f"total runtime: {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return 0
+
+
+def format_report(args, argv, measurements: str, goals: str, smoothing: str, load: tuple[float, float]) -> str:
+    import monai
+    import torch
+
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    command = shlex.join(["python", "scripts/benchmark.py", *argv])
+    return f"""\
+_Generated by `python scripts/benchmark.py --suite video` — do not edit by hand; re-run the script to update._
+
+# Video inference (CPU)
+
+Command: `{command}`
+
+## Machine and load
+
+- CPU: {cpu_model()} ({os.cpu_count()} logical cores), no GPU used; threads: {args.threads}
+- torch {torch.__version__}, monai {monai.__version__}, Python {platform.python_version()}
+- 1-min load average at start / end: {load[0]:.2f} / {load[1]:.2f}. A load above the core count means other
+  processes (here: training runs sharing the machine, when it is high) took CPU time from these measurements; the
+  figures are then lower bounds of what the machine does alone.
+- Date: {date}
+
+## Method
+
+`configs/inference.json` with the shipped model (`backend auto`: ONNX Runtime on the CPU), `device` cpu, a fresh
+process per measurement, {args.repeats} round(s) (median; each round in brackets). Videos rendered for the run in a
+temporary folder: {FRAMES} frames at {FPS} frames/s, H.264 (crf 18, yuv420p), a camera panning and zooming (1.0–1.6×)
+over Kvasir-SEG test images, a new image every 2 s; 576p = 720×576, 1080p = 1920×1080. Frames/s end to end =
+frames segmented / seconds of `evaluator.run()` (decoding in its thread, frame transforms, model, resizing back,
+masks, overlay drawn and H.264-encoded, `NAME.frames.csv`, `predictions.csv`). Latency per frame = from the frame
+decoded (in real time: released at its timestamp, as a camera delivers it) to its overlay frame drawn, from
+`latency_ms` of `NAME.frames.csv`; in batch mode it includes the wait for the batch. `--realtime true`: no TTA, batch 1,
+frames released at the source's pace, older waiting frames dropped. Folder path: the same frames decoded to JPG
+(quality 95), `--tta none`, images/s.
+
+{measurements}
+
+{goals}
+
+{smoothing}"""
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="one measurement of the video suite (scripts/benchmark.py)")
+    parser.add_argument("--worker", choices=[key for key in ROWS if key != "clinicdb"], required=True)
+    parser.add_argument("--input", type=Path, required=True)
+    options = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    print(json.dumps(measure(options.worker, options.input)))
