@@ -73,7 +73,8 @@ class OnnxPredictor(Predictor):
     """ONNX Runtime on the CPU (all graph optimisations); logits come back on the input's device.
 
     Its threads do not spin while waiting for work (``allow_spinning`` 0): in folder inference the DataLoader's
-    decoding processes share the cores with it, and spinning threads take their time.
+    decoding processes share the cores with it, and spinning threads take their time. It runs as many intra-op
+    threads as torch (``OMP_NUM_THREADS``), so that N torchrun ranks with ``OMP_NUM_THREADS=1`` use N cores.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -82,6 +83,7 @@ class OnnxPredictor(Predictor):
 
         options = onnxruntime.SessionOptions()
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.intra_op_num_threads = torch.get_num_threads()
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 

@@ -56,11 +56,13 @@ def discover_files(dataset_dir: str | os.PathLike, exclude: str | os.PathLike | 
     if not root.is_dir():
         raise DatasetError(f"dataset_dir does not exist or is not a directory: {root}; pass --dataset_dir FOLDER.")
     excluded = Path(os.path.realpath(exclude)) if exclude else None
+    # the output folder inside dataset_dir, as a prefix of real paths (checked once per file: a million files plan fast)
+    inside = os.path.join(excluded, "") if excluded is not None and excluded != root.resolve() else None
     files = []
     for path in root.rglob("*"):
         if any(part.startswith(".") for part in path.relative_to(root).parts):
             continue
-        if excluded is not None and excluded != root.resolve() and excluded in Path(os.path.realpath(path)).parents:
+        if inside is not None and os.path.realpath(path).startswith(inside):
             continue
         if path.is_file() or (split_suffix(path.name)[1] and (path.is_dir() or not path.exists())):
             files.append(path)

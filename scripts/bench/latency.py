@@ -6,7 +6,9 @@ from __future__ import annotations
 import functools
 import math
 
-from .measure import Budget, Results, Row, budget_table, markdown_table, rounds_cell, value_cell
+import torch
+
+from .measure import Budget, Results, Row, budget_table, markdown_table, median_ms, rounds_cell, value_cell
 from .peers import LH_ENCODERS, MONAI_PEERS, lh_utanet
 
 #: backend -> (result metric, column header)
@@ -67,7 +69,7 @@ def _ms_cell(results: Results, rounds: dict[tuple[str, str], list[float]], key: 
 def results_section(results: Results, rounds: dict[tuple[str, str], list[float]], size: int) -> tuple[str, int]:
     """Results and Budgets sections; also return the number of failed budgets."""
     header = ["Model", "Params (M)", f"GMACs @ {size}²", *(column for _, column in BACKENDS.values())]
-    header += ["ORT speed-up", *RATIO_REFS.values(), "Per-round medians, torch / ORT (ms)"]
+    header += ["ORT speed-up", "ORT GFLOP/s", *RATIO_REFS.values(), "Per-round medians, torch / ORT (ms)"]
     default_metric = BACKENDS[DEFAULT_CPU_BACKEND][0]
     body = []
     for key, result in results.items():
@@ -84,9 +86,28 @@ def results_section(results: Results, rounds: dict[tuple[str, str], list[float]]
                 f"{result['gmacs']:.2f}",
                 *(_ms_cell(results, rounds, key, backend) for backend in BACKENDS),
                 f"{torch_ms / onnx_ms:.1f}×",
+                f"{2 * result['gmacs'] / onnx_ms * 1e3:.0f}",
                 *ratios,
                 per_round,
             ]
         )
     budgets, failures = budget_table(BUDGETS, results)
-    return f"## Results\n\n{markdown_table(header, body)}\n\n{budgets}", failures
+    peak = matmul_gflops()
+    limit = (
+        f"ORT GFLOP/s = 2 × GMACs / ORT latency. The CPU's float32 limit, measured as a 2048² matrix product in torch "
+        f"with the same threads: {peak:.0f} GFLOP/s"
+    )
+    if "lh-mobilenetv2-moe" in results:
+        result = results["lh-mobilenetv2-moe"]
+        floor_ms = 2 * result["gmacs"] / peak * 1e3
+        limit += (
+            f"; at that rate LH-UTANet mobilenetv2 + MoE would take {floor_ms:.1f} ms, it takes "
+            f"{result[default_metric]:.1f} ms ({floor_ms / result[default_metric]:.0%} of the limit)"
+        )
+    return f"## Results\n\n{markdown_table(header, body)}\n\n{limit}.\n\n{budgets}", failures
+
+
+def matmul_gflops(size: int = 2048, iters: int = 10) -> float:
+    """Float32 GFLOP/s of a ``size``² matrix product in torch (this process's threads): the CPU's practical limit."""
+    a, b = torch.rand(size, size), torch.rand(size, size)
+    return 2 * size**3 / median_ms(lambda: a @ b, iters) / 1e6
