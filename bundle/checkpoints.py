@@ -20,9 +20,13 @@ logger = logging.getLogger(__name__)
 
 MOE_PREFIX = "moe."
 NETWORK_SETTINGS_KEY = "network_settings"
-# the ids that rebuild a trained network: the first four are fixed by its weights
-SHAPE_SETTINGS: tuple[str, ...] = ("encoder", "use_moe", "in_channels", "out_channels")
+# the architecture options of LightweightHierarchicalUTANet beyond the encoder, with the values of the network that
+# checkpoints without them (the shipped model.pt included) hold
+ARCHITECTURE_DEFAULTS: dict[str, object] = {"full_resolution_skip": 0, "norm": "batch", "deep_supervision": False}
+# the ids that rebuild a trained network: the shape settings are fixed by its weights
+SHAPE_SETTINGS: tuple[str, ...] = ("encoder", "use_moe", "in_channels", "out_channels", *ARCHITECTURE_DEFAULTS)
 NETWORK_SETTINGS: tuple[str, ...] = (*SHAPE_SETTINGS, "top_k", "image_size")
+FULL_RESOLUTION_KEY = "full_resolution.0.0.weight"  # (C, in_channels, 3, 3): the full-resolution skip's first conv
 
 
 def load_checkpoint(path: str | os.PathLike) -> object:
@@ -68,7 +72,9 @@ class NetworkSettings:
     """
 
     def __init__(self, settings: dict[str, object]) -> None:
-        self.settings = {key: settings[key] for key in NETWORK_SETTINGS}
+        self.settings = {
+            key: settings[key] if key in settings else ARCHITECTURE_DEFAULTS[key] for key in NETWORK_SETTINGS
+        }
 
     def state_dict(self) -> dict[str, object]:
         return {**self.settings, "image_size": [int(s) for s in self.settings["image_size"]]}
@@ -80,9 +86,10 @@ class NetworkSettings:
 def read_network_settings(path: str | os.PathLike) -> dict[str, object]:
     """The NETWORK_SETTINGS of the LH-UTANet checkpoint at ``path`` that it records or that its weights show.
 
-    ``encoder``, ``use_moe``, ``in_channels`` and ``out_channels`` are read from the key names and the
-    stem/head shapes (plain state_dicts, like the shipped weights, have nothing else); ``top_k`` and the
-    training ``image_size`` only from the ``network_settings`` entry that this bundle's training saves.
+    ``encoder``, ``use_moe``, ``in_channels``, ``out_channels``, ``full_resolution_skip`` and ``deep_supervision``
+    are read from the key names and the stem/head shapes (plain state_dicts, like the shipped weights, have nothing
+    else); ``norm`` too when it is "batch" (running statistics), else from the ``network_settings`` entry that this
+    bundle's training saves, as ``top_k`` and the training ``image_size``.
     Raises ValueError naming the file when it is not an LH-UTANet checkpoint.
     """
     checkpoint = load_checkpoint(path)
@@ -92,12 +99,16 @@ def read_network_settings(path: str | os.PathLike) -> dict[str, object]:
     if len(found) != 1 or "head.weight" not in state:
         raise CheckpointError(f"{path} is not an LH-UTANet checkpoint (no encoder stem or head weights found).")
     recorded = checkpoint.get(NETWORK_SETTINGS_KEY, {}) if isinstance(checkpoint, dict) else {}
+    batch_norm = any(key.endswith(".running_mean") for key in state)
     return {
         **recorded,
         "encoder": stems[found[0]],
         "use_moe": any(key.startswith(MOE_PREFIX) for key in state),
         "in_channels": int(state[found[0]].shape[1]),
         "out_channels": int(state["head.weight"].shape[0]),
+        "full_resolution_skip": int(state[FULL_RESOLUTION_KEY].shape[0]) if FULL_RESOLUTION_KEY in state else 0,
+        "norm": "batch" if batch_norm else recorded.get("norm", "group"),
+        "deep_supervision": any(key.startswith("aux_heads.") for key in state),
     }
 
 
@@ -172,8 +183,8 @@ def training_network_settings(requested: dict[str, object], served_ckpt: str | o
     """train.json's network settings: ``requested`` (its ids); under a MONAI Label server, with the encoder and
     channels of the model it serves and warm-starts the training from (``served_ckpt``, when it exists), so that
     MONAI Label's non-strict CheckpointLoader finds every weight it can load (``use_moe`` stays as requested).
-    ``use_moe`` is read with ``flag``: ``--use_moe false`` arrives as the string "false"."""
-    requested = {**requested, "use_moe": flag(requested["use_moe"], "use_moe")}
+    ``use_moe`` and ``deep_supervision`` are read with ``flag``: ``--use_moe false`` arrives as the string "false"."""
+    requested = {**requested, **{key: flag(requested[key], key) for key in ("use_moe", "deep_supervision")}}
     if not os.environ.get(MONAI_LABEL_ENV) or not Path(served_ckpt).is_file():
         return requested
     served = read_network_settings(served_ckpt)

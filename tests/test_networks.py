@@ -279,3 +279,50 @@ def test_register_encoder_checks_the_contract():
     with pytest.raises(TypeError, match="already registered"):
         register_encoder("mobilenetv2", moe_fusion_index=3)(type(build_encoder("mobilenetv2")))
     assert "incomplete" not in ENCODERS
+
+
+def test_the_architecture_options_default_to_todays_network_and_old_checkpoints_keep_their_outputs(tmp_path):
+    """full_resolution_skip / norm / deep_supervision: the defaults add no module and keep BatchNorm, so the shipped
+    model.pt (a plain state_dict) and checkpoints that record settings from before these options load strictly,
+    resolve to the defaults, and give the same logits as the network built without the new arguments."""
+    from bundle.checkpoints import (
+        ARCHITECTURE_DEFAULTS,
+        read_network_settings,
+        read_state_dict,
+        resolve_network_settings,
+    )
+
+    shipped = REPO_ROOT / "models" / "model.pt"
+    state = read_state_dict(shipped)
+    settings = read_network_settings(shipped)
+    assert {key: settings[key] for key in ARCHITECTURE_DEFAULTS} == ARCHITECTURE_DEFAULTS
+    old_call = LightweightHierarchicalUTANet(encoder=settings["encoder"], use_moe=settings["use_moe"]).eval()
+    assert old_call.full_resolution is None and old_call.aux_heads is None
+    assert not any(isinstance(m, torch.nn.GroupNorm) for m in old_call.modules())
+    resolved = resolve_network_settings(shipped, {"top_k": 2, "image_size": [224, 224]})  # as inference.json does
+    rebuilt = LightweightHierarchicalUTANet(**{k: v for k, v in resolved.items() if k != "image_size"}).eval()
+    for network in (old_call, rebuilt):
+        network.load_state_dict(state, strict=True)
+    x = torch.rand(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(old_call(x), rebuilt(x))
+
+    recorded_before = {"encoder": "mobilenetv2", "use_moe": True, "top_k": 2, "in_channels": 3, "out_channels": 1}
+    torch.save({"model": state, "network_settings": {**recorded_before, "image_size": [96, 96]}}, tmp_path / "old.pt")
+    resolved = resolve_network_settings(tmp_path / "old.pt", {})
+    assert resolved == {**recorded_before, "image_size": [96, 96], **ARCHITECTURE_DEFAULTS}
+
+
+def test_variant_settings_are_read_from_the_weights_and_contradictions_fail(tmp_path):
+    from bundle.checkpoints import SettingsMismatchError, read_network_settings, resolve_network_settings
+
+    network = LightweightHierarchicalUTANet(full_resolution_skip=8, norm="instance", deep_supervision=True)
+    torch.save(network.state_dict(), tmp_path / "plain.pt")  # no recorded settings: only what the weights show
+    found = read_network_settings(tmp_path / "plain.pt")
+    assert (found["full_resolution_skip"], found["deep_supervision"], found["norm"]) == (8, True, "group")
+    torch.save({"model": network.state_dict(), "network_settings": {"norm": "instance"}}, tmp_path / "recorded.pt")
+    assert read_network_settings(tmp_path / "recorded.pt")["norm"] == "instance"
+    with pytest.raises(SettingsMismatchError, match="--full_resolution_skip 8"):
+        resolve_network_settings(tmp_path / "plain.pt", {"top_k": 2, "image_size": [64, 64]}, full_resolution_skip=0)
+    with pytest.raises(ValueError, match="full_resolution_skip must be >= 0 and norm one of"):
+        LightweightHierarchicalUTANet(norm="layer")

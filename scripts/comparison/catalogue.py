@@ -71,6 +71,12 @@ STAGE2_RECIPES: dict[str, tuple[str, dict[str, Any], dict[str, Any], int]] = {
     "e": ("(e) MoE + decoder + head trainable, lr 1e-4", {"trainable_patterns": ["moe", "decoder", "head"]}, {}, 1),
 }
 
+# inference.json's network_def reads these network settings from the checkpoint once it passes them; until then this
+# overlay makes evaluation build the network the checkpoint needs (in train.json it restates the same ids)
+ARCHITECTURE_OVERLAY: dict[str, Any] = {
+    f"network_def#{key}": f"$@network_settings['{key}']" for key in ("full_resolution_skip", "norm", "deep_supervision")
+}
+
 STAGE1_VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     # key: (label, bundle-id settings, overlay): one suspect of the MobileNetV2 small-data gap each (``--variants``)
     "lr1e-3": ("lr 1e-3 (the default before 0.5.0)", {"learning_rate": 1e-3}, {}),
@@ -84,6 +90,26 @@ STAGE1_VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
         "decoder widths 96/64/48/32/32 (default 96/32/24/16/16)",
         {},
         {"network_def#decoder_channels": [96, 64, 48, 32, 32]},
+    ),
+    # the suspects of the small-data gap on fine structures (issue 28), one at a time
+    "fr16": (
+        "16-channel full-resolution skip before the stem's stride",
+        {"full_resolution_skip": 16},
+        ARCHITECTURE_OVERLAY,
+    ),
+    "fr32": (
+        "32-channel full-resolution skip before the stem's stride",
+        {"full_resolution_skip": 32},
+        ARCHITECTURE_OVERLAY,
+    ),
+    "gn": ("GroupNorm (8 groups) instead of BatchNorm", {"norm": "group"}, ARCHITECTURE_OVERLAY),
+    "in": ("InstanceNorm instead of BatchNorm", {"norm": "instance"}, ARCHITECTURE_OVERLAY),
+    "ds": ("deep supervision (H/4, H/2 heads)", {"deep_supervision": True}, ARCHITECTURE_OVERLAY),
+    "boundary": ("boundary-weighted DiceCE loss", {"loss_name": "dicece_boundary"}, ARCHITECTURE_OVERLAY),
+    "fr16-gn": (
+        "16-channel full-resolution skip + GroupNorm (the two winners)",
+        {"full_resolution_skip": 16, "norm": "group"},
+        ARCHITECTURE_OVERLAY,
     ),
 }
 
