@@ -230,6 +230,9 @@ class VideoRunner:
             warnings.append(f"decoding stopped after {len(rows)} frames: {reader.error}")
         elif reader.info.frames > len(rows):
             warnings.append(f"{len(rows)} of the {reader.info.frames} frames the header announces (truncated?)")
+        elif reader.info.duration > float(rows[-1]["time_s"]) + 2 / reader.info.fps:
+            last, duration = float(rows[-1]["time_s"]), reader.info.duration
+            warnings.append(f"frames up to {last:.2f} s of the {duration:.2f} s the header announces (truncated?)")
         if variable_frame_rate([float(row["time_s"]) for row in rows]):
             warnings.append("variable frame rate: the overlay keeps each frame's timestamp")
         if len(done) < len(rows):

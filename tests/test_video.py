@@ -144,6 +144,8 @@ def test_bad_videos_are_reported_and_the_rest_is_done(tmp_path, ckpt):
     write_video(folder / "good.mp4", count=6, codec="libx264", pix_fmt="yuv420p")
     (folder / "corrupt.avi").write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
     write_audio_only(folder / "audio.mp4")
+    whole = write_video(tmp_path / "whole.mkv", count=30).read_bytes()
+    (folder / "cut.mkv").write_bytes(whole[: len(whole) * 6 // 10])  # Matroska: the frames before the cut decode
     write_no_frames(folder / "empty.mkv")
     write_video(folder / "vfr.mkv", count=6, times=[0, 0.1, 0.15, 0.4, 0.45, 1.0])
     write_video(folder / "turned.mp4", count=4, rotation=90, codec="libx264", pix_fmt="yuv420p")
@@ -156,6 +158,8 @@ def test_bad_videos_are_reported_and_the_rest_is_done(tmp_path, ckpt):
     assert (rows["uhd.mp4"]["status"], rows["uhd.mp4"]["height"], rows["uhd.mp4"]["width"]) == ("ok", "2160", "3840")
     assert rows["corrupt.avi"]["status"].startswith("error: ")
     assert rows["audio.mp4"]["status"].startswith("error: no video stream")
+    assert rows["cut.mkv"]["status"] == "ok" and "truncated?" in rows["cut.mkv"]["warning"]
+    assert 0 < int(rows["cut.mkv"]["frames"]) < 30
     assert rows["empty.mkv"]["status"].startswith("error: ")
     assert rows["vfr.mkv"]["status"] == "ok" and "variable frame rate" in rows["vfr.mkv"]["warning"]
     assert [float(r["time_s"]) for r in read_csv(out / "vfr.frames.csv")] == pytest.approx([0, 0.1, 0.15, 0.4, 0.45, 1])
