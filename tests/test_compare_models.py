@@ -98,6 +98,19 @@ def test_rerun_reuses_finished_rows_and_refuses_another_budget(comparison):
     assert checkpoint.stat().st_mtime_ns == before
 
 
+def test_a_trained_row_whose_evaluation_was_interrupted_is_evaluated_not_retrained(comparison):
+    root, argv = comparison
+    cached = root / "runs" / "unet" / "result.json"
+    before = json.loads(cached.read_text())
+    checkpoint = root / "runs" / "unet" / "models" / "model.pt"
+    trained = checkpoint.stat().st_mtime_ns
+    cached.unlink()  # as if the comparison had stopped between training and evaluation
+    assert cli.main([*argv, "--train_only"]) == 0
+    after = json.loads(cached.read_text())
+    assert checkpoint.stat().st_mtime_ns == trained and after["test_dice_mean"] == before["test_dice_mean"]
+    assert 0 < after["train_minutes"] <= before["train_minutes"]  # from its TensorBoard log
+
+
 def test_ablation_table_lists_top_k_and_lambda_of_each_stage2_row():
     rows = catalogue.build_rows(["mobilenetv2"])
     assert {"ablation-mobilenetv2-top1", "ablation-mobilenetv2-top4", "ablation-mobilenetv2-lambda0"} <= rows.keys()

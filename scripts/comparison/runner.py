@@ -197,11 +197,17 @@ class Comparison:
             overrides["epochs"] = self.args.epochs
         if self.args.minutes:
             overrides["epochs"] = TIME_BUDGET_EPOCHS
-        command = bundle_command(self.configs(key), overrides)
-        minutes = run_logged(command, run_dir / "train.log", self.args.train_threads) / 60
+        models, logs = run_dir / "models", run_dir / "train_logs"
+        if (models / "model.pt").is_file() and not (models / "resume.pt").is_file():
+            # trained by an earlier comparison that stopped before it cached the row: its TensorBoard log times it
+            minutes = max((m for m, _ in scalar_events(logs, "val_mean_dice")), default=float("nan"))
+        else:
+            if (models / "resume.pt").is_file():  # killed in training: continue from its last completed epoch
+                overrides["resume"] = True
+            command = bundle_command(self.configs(key), overrides)
+            minutes = run_logged(command, run_dir / "train.log", self.args.train_threads) / 60
         if row.stage1_row is not None and not self.args.stage1_ckpt:
             minutes += self.result(row.stage1_row)["train_minutes"]
-        logs = run_dir / "train_logs"
         val_loss, val_dice = scalar_history(logs, "val_loss"), scalar_history(logs, "val_mean_dice")
         return {
             "train_minutes": minutes,
@@ -228,9 +234,11 @@ class Comparison:
             settings = peer_settings([self.args.image_size, self.args.image_size])
             overrides.update(in_channels=settings["in_channels"], out_channels=settings["out_channels"])
             overrides["network_settings"] = settings
-        configs = self.configs(key, evaluate=True)
-        run_logged(bundle_command(configs, overrides), run_dir / f"evaluate_{split}.log", self.args.train_threads)
-        summary = json.loads((run_dir / split / "metrics_summary.json").read_text(encoding="utf-8"))
+        summary_path = run_dir / split / "metrics_summary.json"  # written last and atomically: the evaluation is done
+        if not summary_path.is_file():
+            configs = self.configs(key, evaluate=True)
+            run_logged(bundle_command(configs, overrides), run_dir / f"evaluate_{split}.log", self.args.train_threads)
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
         out: dict[str, Any] = {f"{split}_images": summary["images"]}
         for metric in METRICS:
             for stat in ("mean", "median"):
