@@ -178,7 +178,7 @@ def load_predictor(
                 cached_onnx_export(network, ckpt_path, onnx_cache_dir or onnx_cache.default_onnx_cache(), probe_size)
             )
         except Exception as error:  # an export that fails its check, an unusable cache folder: torch it is
-            logger.warning("backend auto: %s; running torch instead.", error_reason(error))
+            logger.warning("backend auto: %s; running torch instead.", " ".join(str(error).split()))
             return Predictor(network)
     if backend == "torch":
         return Predictor(load_network(network, ckpt_path).to(device))

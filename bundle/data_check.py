@@ -22,7 +22,7 @@ import tifffile
 from PIL import Image
 
 from .config import flag
-from .data import ACCEPTED_LAYOUTS, data_root, Pair, Problem, discover_pairs, read_datalist_json
+from .data import ACCEPTED_LAYOUTS, Pair, Problem, data_root, discover_pairs, read_datalist_json
 from .errors import DatasetError
 from .formats import NIFTI_SUFFIXES, TIFF_SUFFIXES, error_reason, split_suffix
 from .transforms import mask_threshold

@@ -33,6 +33,8 @@ REPORT_FIELDS: tuple[str, ...] = (
     "foreground_fraction",
     "components",
     "mean_foreground_probability",
+    "qc_score",
+    "needs_review",
     "frames",  # videos (bundle.video): frames decoded, frames/s achieved, frames with a mask, frames dropped
     "fps",
     "frames_with_polyp",

@@ -140,21 +140,25 @@ class FolderWriter:
         self.pool = self.pool or ThreadPoolExecutor(max_workers=1, thread_name_prefix="mask-writer")
         for item, output in zip(engine.state.batch, engine.state.output):
             index = int(item["index"])
-            args = (index, output["pred"], output["prob"], output["image"])
+            args = (index, output["pred"], output["prob"], output["image"], output.get("result", {}))
             self.pending.append(self.pool.submit(self.save_and_record, *args))
 
-    def save_and_record(self, index: int, pred: torch.Tensor, prob: torch.Tensor, image: torch.Tensor) -> None:
+    def save_and_record(
+        self, index: int, pred: torch.Tensor, prob: torch.Tensor, image: torch.Tensor, quality: dict[str, object]
+    ) -> None:
         plan = self.plan.inputs[index]
         try:
-            row = self.save(plan, pred, prob, image)
+            row = self.save(plan, pred, prob, image, quality)
         except Exception as error:  # a failed write costs only this input, unless the disk is full
             if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
                 self.full_disk = error
             row = error_row(plan.relative, error_reason(error))
         self.record(index, row)
 
-    def save(self, plan: InputPlan, pred: torch.Tensor, prob: torch.Tensor, image: torch.Tensor) -> dict[str, object]:
-        """Write the outputs of one input; return its report row."""
+    def save(
+        self, plan: InputPlan, pred: torch.Tensor, prob: torch.Tensor, image: torch.Tensor, quality: dict[str, object]
+    ) -> dict[str, object]:
+        """Write the outputs of one input; return its report row (``quality``: qc_score and needs_review)."""
         mask = ToImageLayoutd.to_rows_first(torch.as_tensor(pred).cpu().numpy(), image) > 0
         probabilities = torch.as_tensor(prob)[0].float().cpu().numpy()
         if is_nifti(plan.source.name):
@@ -171,6 +175,7 @@ class FolderWriter:
             "status": OK,
             **input_notes(image),
             **mask_statistics(mask, probabilities),
+            **quality,
             "mask": self.plan.relative(plan.outputs["mask"]),
         }
 
