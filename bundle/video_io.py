@@ -107,7 +107,8 @@ class FrameReader:
     memory stays bounded whatever the video's size and length), calling ``prepare(rgb)`` there too.
 
     ``realtime``: frames are released at their timestamps, as a camera would deliver them (the source's pace),
-    and never wait: when the queue is full the oldest waiting frame goes to ``skipped`` (its image released).
+    and never wait: a frame decoded more than a frame interval late while the model still has one waiting, or the
+    oldest waiting one when the queue is full, goes to ``skipped`` (not converted, or its image released).
     Iterating yields frames in order; a decoding error ends the frames and is kept in ``error`` (the frames before it
     are yielded).
     """
@@ -133,6 +134,9 @@ class FrameReader:
                 arrived = time.perf_counter()
                 if self.realtime:  # the frame is due at start + seconds; a late one counts from then
                     start = arrived - seconds if start is None else start
+                    if arrived > start + seconds + 1 / self.info.fps and not self.frames.empty():
+                        self.skipped.append((index, seconds))  # late, and the model has a frame: not converted
+                        continue
                     time.sleep(max(0.0, start + seconds - arrived))
                     arrived = min(time.perf_counter(), start + seconds)
                 rgb = displayed(frame)
