@@ -188,8 +188,8 @@ def remove_stale_temporaries(output_dir: Path) -> None:
 class FolderPlan:
     """The inputs under ``dataset_dir`` and what a run does with each: segment it, skip it (its outputs exist and
     not ``overwrite``) or report why it cannot (``rows``: report rows of the inputs not segmented, by index).
-    With ``world_size`` > 1 (torchrun) it plans rank ``rank``'s share only; its rows go to ``report_path``
-    (:mod:`bundle.sharding`).
+    With ``world_size`` > 1 (torchrun) it plans rank ``rank``'s share only (blocks of ``shard_block`` inputs); its
+    rows go to ``report_path`` (:mod:`bundle.sharding`).
     """
 
     def __init__(
@@ -202,6 +202,7 @@ class FolderPlan:
         save_frames: bool | str = False,
         rank: int | str = 0,
         world_size: int | str = 1,
+        shard_block: int = 1,
     ) -> None:
         self.dataset_dir, self.output_dir = Path(dataset_dir), Path(output_dir)
         self.rank, self.world_size = check_shard(rank, world_size)
@@ -219,7 +220,7 @@ class FolderPlan:
         self.todo: list[int] = []
         self.videos: list[int] = []  # segmented by bundle.video.VideoRunner
         for index, plan in enumerate(self.inputs):
-            if not in_shard(index, self.rank, self.world_size):
+            if not in_shard(index, self.rank, self.world_size, shard_block):
                 continue
             if plan.error:
                 self.rows[index] = error_row(plan.relative, plan.error)

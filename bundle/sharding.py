@@ -1,11 +1,13 @@
 """Sharded folder inference (``configs/multi_gpu_inference.json``): the inputs of each rank, each rank's partial
 report, and rank 0's merge of the partial reports into ``predictions.csv``.
 
-Rank ``r`` of ``N`` segments the inputs whose index (in the sorted input order) is ``r`` modulo ``N`` and appends its
-rows to its hidden partial report ``.predictions.rank<r>.csv`` beside ``predictions.csv`` (flushed row by row, like
-the report itself). When every rank is done, rank 0 appends all partial rows to ``predictions.csv`` in input order
-and removes the partial reports. A run killed before that leaves them; the next run merges them first (rank 0, before
-any rank writes), so no finished row is lost and the finished outputs are skipped.
+Rank ``r`` of ``N`` segments the blocks of inputs (``shard_block`` consecutive inputs in the sorted order: the batch
+size, so that each batch holds the images a single process batches together, and the outputs are the same) whose
+number is ``r`` modulo ``N``, and appends its rows to its hidden partial report ``.predictions.rank<r>.csv``
+beside ``predictions.csv`` (flushed row by row, like the report itself). When every rank is done, rank 0 appends
+all partial rows to ``predictions.csv`` in input order and removes the partial reports. A run killed before that
+leaves them; the next run merges them first (rank 0, before any rank writes), so no finished row is lost and the
+finished outputs are skipped.
 """
 
 from __future__ import annotations
@@ -28,9 +30,9 @@ def check_shard(rank: int | str, world_size: int | str) -> tuple[int, int]:
     return rank, world_size
 
 
-def in_shard(index: int, rank: int, world_size: int) -> bool:
-    """Whether input ``index`` is rank ``rank``'s (round robin: neighbouring inputs go to different ranks)."""
-    return index % world_size == rank
+def in_shard(index: int, rank: int, world_size: int, block: int = 1) -> bool:
+    """Whether input ``index`` is rank ``rank``'s: blocks of ``block`` inputs go to the ranks in turn."""
+    return index // max(1, int(block)) % world_size == rank
 
 
 def report_path(output_dir: str | os.PathLike, rank: int, world_size: int) -> Path:

@@ -22,11 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bundle.atomic_files import atomic_write_text
 from monai.bundle import ConfigParser
 from PIL import Image
 
-from .measure import cpu_model, markdown_table
+from .measure import cpu_model, markdown_table, publish
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOC = REPO_ROOT / "docs" / "benchmark_ensemble.md"
@@ -128,11 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     checkpoints = args.ckpt or ["models/model.pt", "models/stage1/model.pt"]
     if len(checkpoints) < 2:
         parser.error("an ensemble needs two --ckpt or more")
-    text = report(checkpoints)
-    print(text)
-    if not args.no_write:
-        atomic_write_text(DOC, text)
-    return 0
+    return publish(report(checkpoints), DOC, not args.no_write)
 
 
 if __name__ == "__main__":

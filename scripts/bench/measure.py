@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bundle.atomic_files import atomic_write_text
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -181,3 +182,11 @@ def budget_table(budgets: Sequence[Budget], results: Results) -> tuple[str, int]
         failures += not passed
         body.append([budget.label, *budget.describe(value), "PASS" if passed else "**FAIL**"])
     return "## Budgets\n\n" + markdown_table(["Budget", "Measured", "Limit", "Result"], body) + "\n", failures
+
+
+def publish(text: str, path: Path, write: bool = True) -> int:
+    """Print a generated report and, when ``write``, write it (atomically) to ``path``; exit code 0."""
+    print(text)
+    if write:
+        atomic_write_text(path, text)
+    return 0

@@ -22,11 +22,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 import torch
-from bundle.atomic_files import atomic_write_text
 from bundle.backends import export_onnx
 
 from .latency import ROWS, matmul_gflops
-from .measure import build, cpu_model, markdown_table, measure_cost, median_ms, rounds_cell
+from .measure import build, cpu_model, markdown_table, measure_cost, median_ms, publish, rounds_cell
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOC = REPO_ROOT / "docs" / "benchmark_ort_options.md"
@@ -114,11 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
-    text = report(args.rounds, args.iters)
-    print(text)
-    if not args.no_write:
-        atomic_write_text(DOC, text)
-    return 0
+    return publish(report(args.rounds, args.iters), DOC, not args.no_write)
 
 
 if __name__ == "__main__":
