@@ -43,6 +43,9 @@ def test_shipped_weights_load_strictly_and_run_at_the_model_card_settings():
         "out_channels": 1,
         "top_k": 2,
         "image_size": [224, 224],
+        "full_resolution_skip": 0,
+        "norm": "batch",
+        "deep_supervision": False,
     }
     stage1 = inference_network(ckpt_path=str(MODELS / "stage1" / "model.pt"))  # the network it needs, from itself
     stage1.load_state_dict(read_state_dict(MODELS / "stage1" / "model.pt"), strict=True)
