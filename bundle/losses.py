@@ -72,3 +72,28 @@ class DeepSupervisionLoss(nn.Module):
 def with_deep_supervision(loss: nn.Module, network: nn.Module, enabled: bool) -> nn.Module:
     """``loss`` wrapped in :class:`DeepSupervisionLoss` when ``enabled`` (train.json's ``deep_supervision``)."""
     return DeepSupervisionLoss(loss, network) if enabled else loss
+
+
+class StructureLoss(nn.Module):
+    """PraNet's structure loss: a weighted binary cross-entropy plus a weighted IoU loss, each pixel weighted by how
+    much its label differs from the label's local mean (``1 + 5 |avg_pool(label) - label|``, so edges weigh up to 6).
+
+    PraNet pools over 31 pixels at 352²; here the window is ``window_fraction`` of the image height (odd, at least
+    3), so the weighting keeps its reach at any training size. (B, 1, H, W) logits and labels -> scalar.
+    """
+
+    def __init__(self, window_fraction: float = 31 / 352) -> None:
+        super().__init__()
+        self.window_fraction = window_fraction
+
+    def forward(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        label = label.float()
+        window = max(3, int(round(label.shape[2] * self.window_fraction)) // 2 * 2 + 1)
+        weight = 1 + 5 * (F.avg_pool2d(label, window, stride=1, padding=window // 2) - label).abs()
+        bce = F.binary_cross_entropy_with_logits(logits, label, reduction="none")
+        weighted_bce = (weight * bce).sum(dim=(2, 3)) / weight.sum(dim=(2, 3))
+        probability = torch.sigmoid(logits)
+        intersection = (probability * label * weight).sum(dim=(2, 3))
+        union = ((probability + label) * weight).sum(dim=(2, 3))
+        weighted_iou = 1 - (intersection + 1) / (union - intersection + 1)
+        return (weighted_bce + weighted_iou).mean()
