@@ -31,14 +31,10 @@ from .errors import SettingError
 from .formats import error_reason
 from .inference import FolderPlan, InputPlan
 from .postprocessing import postprocess_mask
+from .quality import qc_score, quality_features
 from .report import OK, error_row
 from .tta import TTAInferer, logits_of, probabilities
 from .video_io import Frame, FrameReader, OverlayVideo, VideoError, overlay_frame, variable_frame_rate
-
-try:  # the per-image quality score (bundle.quality), when this bundle has it
-    from .quality import qc_score, quality_features
-except ImportError:  # pragma: no cover - a bundle without it: the column stays empty
-    qc_score = quality_features = None
 
 logger = logging.getLogger(__name__)
 
@@ -257,10 +253,8 @@ class VideoRunner:
 
 
 def frame_quality(probabilities: np.ndarray, spread: float | None, mask_options: dict) -> str:
-    """``qc_score`` (:mod:`bundle.quality`) of a frame from its (h, w) probabilities at the model's input size (at
-    the frame's size it costs more than the model), or "" without ``bundle.quality``."""
-    if qc_score is None:
-        return ""
+    """``qc_score`` (:mod:`bundle.quality`) of a frame from its (h, w) probabilities at the model's input size, as
+    for images (:class:`bundle.quality.QualityScored`)."""
     mask = postprocess_mask(probabilities, **mask_options)
     return f"{qc_score(quality_features(probabilities, mask, spread)):.6f}"
 

@@ -32,6 +32,9 @@ def test_train_two_epochs_writes_checkpoint_and_metrics(tmp_path):
         "out_channels": 1,
         "top_k": 2,
         "image_size": [64, 64],
+        "full_resolution_skip": 0,
+        "norm": "batch",
+        "deep_supervision": False,
     }
     evaluator = workflow.parser.get_parsed_content("validate#evaluator")
     assert evaluator.state.epoch == 2
