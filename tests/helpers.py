@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -116,3 +118,17 @@ def tiny_trainer(network: torch.nn.Module, batches: list[dict], handlers: list, 
         loss_function=torch.nn.BCEWithLogitsLoss(),
         train_handlers=handlers,
     )
+
+
+def export_checkpoint(ckpt: Path, folder: Path) -> tuple[Path, Path]:
+    """TorchScript (MONAI's ``ckpt_export`` with inference.json) and ONNX (scripts/export_onnx.py) exports of
+    ``ckpt`` into ``folder``, each built from the checkpoint alone; returns (model.ts, model.onnx)."""
+    ts_path, onnx_path = folder / "model.ts", folder / "model.onnx"
+    export = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(ts_path)]
+    export += ["--ckpt_file", str(ckpt), "--key_in_ckpt", "model", "--meta_file", str(CONFIGS / "metadata.json")]
+    export += ["--config_file", str(CONFIGS / "inference.json"), "--ckpt_path", str(ckpt)]
+    onnx = [sys.executable, "scripts/export_onnx.py", "--ckpt_file", str(ckpt), "--filepath", str(onnx_path)]
+    for command in (export, onnx):
+        result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stderr[-2000:]
+    return ts_path, onnx_path

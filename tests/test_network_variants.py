@@ -2,8 +2,6 @@
 that go with them: each trains through train.json (1 epoch, 64 px), records itself in the checkpoint, is rebuilt from
 the checkpoint alone, and exports to TorchScript and ONNX with the eager network's outputs."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ from bundle.losses import BoundaryDiceCELoss, DeepSupervisionLoss, boundary_band
 from bundle.networks import LightweightHierarchicalUTANet
 from monai.losses import DiceCELoss
 
-from tests.helpers import CONFIGS, REPO_ROOT, run_bundle
+from tests.helpers import export_checkpoint, run_bundle
 
 VARIANTS = {  # every option in two trainings (the norms exclude each other)
     "skip-groupnorm-deepsupervision": {"full_resolution_skip": 16, "norm": "group", "deep_supervision": True},
@@ -86,14 +84,7 @@ def test_inference_json_and_the_export_scripts_build_the_variant_from_the_checkp
     import onnxruntime
 
     _, ckpt = trained
-    ts_path, onnx_path = tmp_path / "model.ts", tmp_path / "model.onnx"
-    export = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(ts_path)]
-    export += ["--ckpt_file", str(ckpt), "--key_in_ckpt", "model", "--meta_file", str(CONFIGS / "metadata.json")]
-    export += ["--config_file", str(CONFIGS / "inference.json"), "--ckpt_path", str(ckpt)]
-    onnx = [sys.executable, "scripts/export_onnx.py", "--ckpt_file", str(ckpt), "--filepath", str(onnx_path)]
-    for command in (export, onnx):
-        result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
-        assert result.returncode == 0, result.stderr[-2000:]
+    ts_path, onnx_path = export_checkpoint(ckpt, tmp_path)
     x = torch.rand(1, 3, 64, 64)
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     with torch.no_grad():

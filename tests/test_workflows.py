@@ -11,7 +11,7 @@ from bundle.errors import bundle_error_in_chain
 from monai.bundle import create_workflow
 from PIL import Image
 
-from tests.helpers import CONFIGS, REPO_ROOT, bundle_run_arguments, run_bundle
+from tests.helpers import CONFIGS, REPO_ROOT, bundle_run_arguments, export_checkpoint, run_bundle
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -100,14 +100,7 @@ def test_a_newly_registered_encoder_trains_evaluates_and_exports(tmp_path, demo)
     )
     assert 0.0 <= evaluation.parser.get_parsed_content("validate#evaluator").state.metrics["val_mean_dice"] <= 1.0
 
-    ts_path, onnx_path = tmp_path / "model.ts", tmp_path / "model.onnx"
-    export = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(ts_path)]
-    export += ["--ckpt_file", str(ckpt), "--key_in_ckpt", "model", "--meta_file", str(CONFIGS / "metadata.json")]
-    export += ["--config_file", str(CONFIGS / "inference.json"), "--ckpt_path", str(ckpt)]
-    onnx = [sys.executable, "scripts/export_onnx.py", "--ckpt_file", str(ckpt), "--filepath", str(onnx_path)]
-    for command in (export, onnx):
-        result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
-        assert result.returncode == 0, result.stderr[-2000:]
+    ts_path, onnx_path = export_checkpoint(ckpt, tmp_path)
     x = torch.rand(1, 3, 64, 64)
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     scripted = torch.jit.load(str(ts_path)).eval()
