@@ -149,4 +149,7 @@ def test_two_stage_pipeline_ends_with_moe_model(tmp_path):
         "out_channels": 1,
         "top_k": 2,
         "image_size": [64, 64],
+        "full_resolution_skip": 0,
+        "norm": "batch",
+        "deep_supervision": False,
     }
