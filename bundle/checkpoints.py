@@ -191,6 +191,19 @@ def training_network_settings(requested: dict[str, object], served_ckpt: str | o
     return {**requested, **{key: served[key] for key in SHAPE_SETTINGS if key != "use_moe"}}
 
 
+def stage2_network_settings(requested: dict[str, object], stage1_ckpt: str | os.PathLike) -> dict[str, object]:
+    """finetune_moe.json's network settings: :func:`training_network_settings` with the architecture of the stage-1
+    checkpoint it starts from (encoder, channels, ``norm``, ``full_resolution_skip``, ``deep_supervision``), so that
+    stage 2 of a GroupNorm stage 1, or of the BatchNorm shipped model, builds the network those weights need.
+    Each setting that differs from train.json's id is logged."""
+    settings = training_network_settings(requested, stage1_ckpt)
+    found = read_network_settings(stage1_ckpt)
+    for key in (key for key in SHAPE_SETTINGS if key != "use_moe" and settings[key] != found[key]):
+        logger.info("stage 2: %s %r from %s (train.json: %r)", key, found[key], stage1_ckpt, settings[key])
+        settings[key] = found[key]
+    return settings
+
+
 def check_overwrite(path: str | os.PathLike, overwrite: bool | str, resume: bool | str) -> None:
     """Refuse to start a training whose best-checkpoint file ``path`` exists, unless ``overwrite`` or ``resume``.
 

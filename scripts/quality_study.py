@@ -160,11 +160,12 @@ It is chosen on cross-centre proxies: a model trained on one centre, evaluated o
 The sets (run from the repository root; `D` is the data folder):
 
 ```bash
-# the shipped Kvasir-SEG model on CVC-ClinicDB's 550 non-test frames (kvasir-model-on-clinicdb)
+# the Kvasir-SEG-only model 0.7.0 on CVC-ClinicDB's 550 non-test frames (kvasir-model-on-clinicdb)
+git show 6d2b45e:models/model.pt > runs/model-0.7.0.pt
 python scripts/prepare_datalist.py D/kvasir-seg --test-names D/kvasir-seg/pranet_test_names.txt \\
     --test-from D/cvc-clinicdb --output runs/xc/kvasir-to-clinicdb/datalist.json
 python -m monai.bundle run --config_file "['configs/train.json','configs/evaluate.json']" \\
-    --dataset_dir runs/xc/kvasir-to-clinicdb --ckpt_path models/model.pt --tta flips+scales --backend auto \\
+    --dataset_dir runs/xc/kvasir-to-clinicdb --ckpt_path runs/model-0.7.0.pt --tta flips+scales --backend auto \\
     --output_dir runs/qc/kvasir-model-on-clinicdb
 # a model trained on CVC-ClinicDB alone (the baseline row of the cross-centre recipe study, docs/results.md) on
 # Kvasir-SEG's 900 non-test images (clinicdb-model-on-kvasir): the same with the two folders swapped

@@ -24,7 +24,7 @@ def test_train_two_epochs_writes_checkpoint_and_metrics(tmp_path):
     checkpoint = tmp_path / "models" / "stage1" / "model.pt"
     assert checkpoint.is_file()
     state = torch.load(checkpoint, weights_only=True)
-    LightweightHierarchicalUTANet(encoder="mobilenetv2").load_state_dict(state["model"])  # strict
+    LightweightHierarchicalUTANet(encoder="mobilenetv2", norm="group").load_state_dict(state["model"])  # strict
     assert state["network_settings"] == {  # what inference rebuilds the network from
         "encoder": "mobilenetv2",
         "use_moe": False,
@@ -33,7 +33,7 @@ def test_train_two_epochs_writes_checkpoint_and_metrics(tmp_path):
         "top_k": 2,
         "image_size": [64, 64],
         "full_resolution_skip": 0,
-        "norm": "batch",
+        "norm": "group",
         "deep_supervision": False,
     }
     evaluator = workflow.parser.get_parsed_content("validate#evaluator")

@@ -150,6 +150,6 @@ def test_two_stage_pipeline_ends_with_moe_model(tmp_path):
         "top_k": 2,
         "image_size": [64, 64],
         "full_resolution_skip": 0,
-        "norm": "batch",
+        "norm": "group",
         "deep_supervision": False,
     }

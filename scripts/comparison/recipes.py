@@ -9,14 +9,8 @@ from typing import Any
 
 from scripts.comparison.catalogue import CompareRow
 
-PHOTOMETRIC: list[dict[str, Any]] = [  # appended to train.json's augment_transforms (images in [0, 1])
-    {"_target_": "RandScaleIntensityd", "keys": "image", "factors": 0.15, "channel_wise": True, "prob": 0.5},
-    {"_target_": "RandShiftIntensityd", "keys": "image", "offsets": 0.05, "prob": 0.3},
-    {"_target_": "bundle.augmentations.RandSaturationd", "keys": "image", "factors": [0.6, 1.4], "prob": 0.5},
-    {"_target_": "RandGaussianSmoothd", "keys": "image", "sigma_x": [0.25, 1.0], "sigma_y": [0.25, 1.0], "prob": 0.2},
-    {"_target_": "RandGaussianNoised", "keys": "image", "std": 0.02, "prob": 0.2},
-    {"_target_": "bundle.augmentations.RandJpegd", "keys": "image", "quality": [30, 90], "prob": 0.3},
-]
+# train.json's colour, blur, noise and JPEG augmentations off
+NO_PHOTOMETRIC: dict[str, Any] = {"photometric_transforms": []}
 GEOMETRIC: list[dict[str, Any]] = [
     {
         "_target_": "RandZoomd",
@@ -30,21 +24,13 @@ GEOMETRIC: list[dict[str, Any]] = [
 ]
 
 CROSS_CENTRE_RECIPES: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
-    # key: (label, bundle-id settings, overlay)
-    "baseline": ("train.json as it is", {}, {}),
-    "photometric": (
-        "+ colour cast, brightness, saturation, blur, noise, JPEG artefacts",
-        {},
-        {"+augment_transforms": PHOTOMETRIC},
-    ),
-    "geometric": ("+ zoom 0.7-1.3", {}, {"+augment_transforms": GEOMETRIC}),
-    "structure": ("PraNet's structure loss (weighted BCE + weighted IoU)", {"loss_name": "structure"}, {}),
-    "photometric-structure": (
-        "photometric + structure loss",
-        {"loss_name": "structure"},
-        {"+augment_transforms": PHOTOMETRIC},
-    ),
-    "photometric-geometric": ("photometric + zoom", {}, {"+augment_transforms": PHOTOMETRIC + GEOMETRIC}),
+    # key: (label, bundle-id settings, overlay); train.json's default is the winner, "photometric"
+    "baseline": ("train.json without its photometric augmentations", {}, NO_PHOTOMETRIC),
+    "photometric": ("+ colour cast, brightness, saturation, blur, noise, JPEG artefacts (train.json)", {}, {}),
+    "geometric": ("+ zoom 0.7-1.3", {}, {**NO_PHOTOMETRIC, "+augment_transforms": GEOMETRIC}),
+    "structure": ("PraNet's structure loss (weighted BCE + weighted IoU)", {"loss_name": "structure"}, NO_PHOTOMETRIC),
+    "photometric-structure": ("photometric + structure loss", {"loss_name": "structure"}, {}),
+    "photometric-geometric": ("photometric + zoom", {}, {"+augment_transforms": GEOMETRIC}),
 }
 
 
