@@ -7,6 +7,7 @@ Used by folder inference (:mod:`bundle.inference` plans the outputs, :mod:`bundl
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import queue
 import shutil
@@ -189,21 +190,33 @@ class FrameReader:
 def overlay_frame(rgb: np.ndarray, mask: np.ndarray, fill: float = 0.3) -> np.ndarray:
     """(H, W, 3) uint8 frame with the (H, W) bool mask's outline in green (about 1/360 of the height thick, the
     image edge closing it) and, ``fill`` > 0, a translucent green fill of that opacity. Only the mask's bounding
-    box is computed."""
+    box is computed: the fill through a 256-entry table per channel, the outline as the mask minus its erosion by
+    4-neighbour steps on slices (no full-frame temporaries)."""
     out = rgb.copy()
     rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if rows.size == 0:
         return out
     box = np.s_[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1]
-    inside, region = np.pad(mask[box], 1), out[box]
+    region, inside = out[box], mask[box]
     if fill > 0:
-        region[mask[box]] = (region[mask[box]] * (1 - fill) + OVERLAY_COLOUR * fill).astype(np.uint8)
+        table = blend_table(fill)
+        for channel in range(3):
+            values = region[..., channel]
+            np.copyto(values, table[:, channel].take(values), where=inside)
+    eroded = np.pad(inside, 1)
     for _ in range(max(1, rgb.shape[0] // 360)):
-        inside = (
-            inside & np.roll(inside, 1, 0) & np.roll(inside, -1, 0) & np.roll(inside, 1, 1) & np.roll(inside, -1, 1)
+        eroded[1:-1, 1:-1] = (
+            eroded[1:-1, 1:-1] & eroded[:-2, 1:-1] & eroded[2:, 1:-1] & eroded[1:-1, :-2] & eroded[1:-1, 2:]
         )
-    region[mask[box] & ~inside[1:-1, 1:-1]] = OVERLAY_COLOUR.astype(np.uint8)
+    region[inside & ~eroded[1:-1, 1:-1]] = OVERLAY_COLOUR.astype(np.uint8)
     return out
+
+
+@functools.lru_cache(maxsize=8)
+def blend_table(fill: float) -> np.ndarray:
+    """(256, 3) uint8: each channel value v blended towards :data:`OVERLAY_COLOUR` with opacity ``fill``."""
+    values = np.arange(256, dtype=np.float64)[:, None]
+    return (values * (1 - fill) + OVERLAY_COLOUR * fill).astype(np.uint8)
 
 
 class OverlayVideo:

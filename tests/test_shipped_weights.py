@@ -1,4 +1,4 @@
-"""The shipped Kvasir-SEG weights in models/: strict loading, frozen base, hashes, TorchScript, a default prediction."""
+"""The shipped polyp weights in models/: strict loading, frozen base, hashes, TorchScript, a default prediction."""
 
 from pathlib import Path
 
@@ -30,7 +30,8 @@ def inference_network(**overrides) -> torch.nn.Module:
 
 def test_shipped_weights_load_strictly_and_run_at_the_model_card_settings():
     """model.pt (a plain state_dict, as the model zoo loads it) is the MoE network that stage 2 fine-tuned, whole,
-    from the 128-px stage1/model.pt (at 160 px, then at 224 px); inference.json runs it at 224×224."""
+    from the 128-px stage1/model.pt (at 160 and 224 px on Kvasir-SEG, then at 224 px on Kvasir-SEG + CVC-ClinicDB);
+    inference.json runs it at 224×224."""
     final = inference_network()
     final.load_state_dict(read_state_dict(MODELS / "model.pt"), strict=True)
     parser = ConfigParser()
