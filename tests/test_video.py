@@ -11,7 +11,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from bundle.video_io import FrameReader
+from bundle.video_io import OVERLAY_COLOUR, FrameReader, overlay_frame
 from PIL import Image
 
 from tests.helpers import REPO_ROOT, bundle_run_arguments, messages, run_bundle, save_checkpoint
@@ -230,3 +230,19 @@ def test_a_killed_run_leaves_no_partial_file_and_the_next_run_completes(tmp_path
     rows = infer(folder, out, ckpt, save_frames=True)
     assert rows["long.mkv"]["status"] == "ok" and len(read_csv(out / "long.frames.csv")) == 400
     assert len(list((out / "long").glob("*_mask.png"))) == 400 and not list(out.glob(".long.*"))
+
+
+def test_overlay_blends_the_inside_outlines_the_edge_and_keeps_the_outside():
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (720, 96, 3), dtype=np.uint8)  # 720 rows: an outline of 720 // 360 = 2 steps
+    rows, columns = np.mgrid[:720, :96]
+    mask = (rows - 300) ** 2 + (columns - 48) ** 2 < 40**2
+    out = overlay_frame(rgb, mask, fill=0.3)
+    assert np.array_equal(out[~mask], rgb[~mask])
+    deep = (rows - 300) ** 2 + (columns - 48) ** 2 < 36**2  # more than 2 pixels inside the edge
+    expected = (rgb[deep] * 0.7 + OVERLAY_COLOUR * 0.3).astype(np.uint8)
+    assert np.array_equal(out[deep], expected)
+    edge = mask & ~np.pad(mask, 1)[:-2, 1:-1]  # the topmost pixel of each column is on the outline
+    assert edge.any() and (out[edge] == OVERLAY_COLOUR.astype(np.uint8)).all()
+    assert np.array_equal(overlay_frame(rgb, np.zeros_like(mask)), rgb)
+    assert np.array_equal(overlay_frame(rgb, mask, fill=0.0)[deep], rgb[deep])
