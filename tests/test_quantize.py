@@ -63,4 +63,6 @@ def test_shipped_int8_model_matches_the_shipped_model(tmp_path):
     with torch.no_grad():
         expected, got = torch_model(x) > 0, int8_model(x) > 0
     dice = 2 * (expected & got).sum().item() / (expected.sum().item() + got.sum().item())
-    assert expected.any() and dice > 0.97, dice  # 0.985 measured
+    # measured on these synthetic, out-of-domain images: 0.957 for model 0.8.0 (0.985 for 0.7.0); another model's
+    # fp32 masks agree with them at 0.79, so 0.95 still tells the quantised model.pt from any other model
+    assert expected.any() and dice > 0.95, dice
