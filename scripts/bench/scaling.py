@@ -108,12 +108,11 @@ def rank_scaling(copies: int) -> tuple[dict[str, float], dict[str, str]]:
         outputs = {label: Path(tmp) / f"out{index}" for index, label in enumerate(RUNS)}
         speeds = {label: run_folder(*RUNS[label], images, outputs[label], cache) for label in RUNS}
         reports = {label: list(csv.DictReader(open(outputs[label] / "predictions.csv"))) for label in RUNS}
-    reference = reports["1 process × 1 thread"]
-    agreement = {}
+    reference = reports.pop("1 process × 1 thread")
+    agreement = {"1 process × 1 thread": "—"}
     for label, rows in reports.items():
         differing = sum(a != b for a, b in zip(rows, reference)) + abs(len(rows) - len(reference))
         agreement[label] = "identical" if differing == 0 else f"{differing} of {len(reference)} rows differ"
-    agreement["1 process × 1 thread"] = "—"
     return speeds, agreement
 
 
