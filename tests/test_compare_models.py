@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Events
-from scripts.comparison import catalogue, cli, report, runner, training_logs
+from scripts.comparison import catalogue, cli, domains, report, runner, training_logs
 
 from tests.helpers import REPO_ROOT, write_pair
 
@@ -128,6 +128,46 @@ def test_ablation_table_lists_top_k_and_lambda_of_each_stage2_row():
     assert [line.split(" | ")[1:3] for line in lines] == [["2", "0.01"], ["3", "0.01"], ["2", "0.1"]]
     assert lines[1].endswith("usage of ablation-mobilenetv2-top3 |")
     assert report.ablation_table(results[:3], rows) == ""  # no ablation rows, no table
+
+
+def test_plan_sets_the_budget_and_the_lh_learning_rate_but_not_the_peers(tmp_path):
+    plan = {"image_size": [256, 256], "batch_size": 4, "epochs": 167, "learning_rate": 0.0015, "plan": {}}
+    (tmp_path / "plan.json").write_text(json.dumps(plan), encoding="utf-8")
+    args = cli.parse_args(
+        ["--dataset_dir", "d", "--work_dir", "w", "--output", "o", "--plan", str(tmp_path / "plan.json")]
+    )
+    rows = cli.apply_plan(args, catalogue.build_rows([], variants=True))
+    assert (args.image_size, args.batch_size, args.epochs) == (256, 4, 167)
+    assert rows["lh-mobilenetv2"].settings == {"encoder": "mobilenetv2", "learning_rate": 0.0015}
+    assert rows["variant-mobilenetv2-gn"].settings["learning_rate"] == 0.0015
+    assert rows["variant-mobilenetv2-lr1e-3"].settings["learning_rate"] == 1e-3  # a row's own rate wins
+    assert rows["basicunet"].settings["learning_rate"] == catalogue.PEER_LEARNING_RATE
+    assert "learning_rate" not in rows["lh-mobilenetv2-moe"].settings  # stage 2 keeps finetune_moe.json's rate
+    plan["image_size"] = [256, 192]
+    (tmp_path / "plan.json").write_text(json.dumps(plan), encoding="utf-8")
+    with pytest.raises(SystemExit, match="square"):
+        cli.apply_plan(args, {})
+
+
+def test_domain_table_puts_each_network_in_one_row_and_marks_missing_cells(tmp_path, capsys):
+    for domain, rows in {
+        "a": [("basicunet", 0.61, 0.52), ("lh-mobilenetv2", 0.64, 0.53)],
+        "b": [("lh-mobilenetv2", 0.8, 0.7)],
+    }.items():
+        (tmp_path / domain).mkdir()
+        lines = ["row,network,best_val_dice,test_dice_mean"] + [
+            f"{key},net {key},{val},{test}" for key, val, test in rows
+        ]
+        (tmp_path / domain / "results.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert domains.main([f"A={tmp_path / 'a'}", f"B={tmp_path / 'b'}"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0] == "| network (validation / test Dice) | A | B |"
+    assert table[2:] == [
+        "| net basicunet (`basicunet`) | 0.610 / 0.520 | — |",
+        "| net lh-mobilenetv2 (`lh-mobilenetv2`) | 0.640 / 0.530 | 0.800 / 0.700 |",
+    ]
+    with pytest.raises(SystemExit, match="label=folder"):
+        domains.main([str(tmp_path / "a")])
 
 
 def run_study(root, name: str, seeds: str, rows: str) -> list[str]:

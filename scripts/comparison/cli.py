@@ -13,6 +13,9 @@ Rows (``--rows``, default all):
     ablation-<enc>-top{1,3,4}, ablation-<enc>-lambda{0,0.1}    stage-2 ablations (with ``--ablations <enc>``)
     study-<enc>-<recipe>-s<seed>                stage-2 recipes (STAGE2_RECIPES) x ``--study_seeds`` (with ``--study <enc>``)
 
+``--plan PLAN.json`` (written by ``scripts/plan.py``) trains every row at the plan's size, batch and epochs, and the
+LH-UTANet stage-1 rows at its learning rate: the self-configured comparison of docs/planning.md.
+
 ``--stage1_ckpt PATH`` makes every stage-2 row fine-tune that checkpoint (e.g. the shipped, converged
 ``models/stage1/model.pt``) instead of the one its stage-1 row trains.
 
@@ -29,13 +32,15 @@ Usage (from the repository root):
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from scripts.bench.peers import LH_ENCODERS
-from scripts.comparison.catalogue import build_rows
+from scripts.comparison.catalogue import CompareRow, build_rows
 from scripts.comparison.recipes import recipe_rows
 from scripts.comparison.report import write_summary
 from scripts.comparison.runner import Comparison
@@ -78,6 +83,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--stage1_ckpt", help="stage-1 checkpoint that every stage-2 row fine-tunes (default: its stage-1 row's)"
     )
+    parser.add_argument(
+        "--plan",
+        help="a scripts/plan.py overlay: its image_size, batch_size and epochs replace --image_size, --batch_size and "
+        "--epochs; the LH-UTANet stage-1 rows also train at its learning_rate (MONAI peers keep their own)",
+    )
     parser.add_argument("--image_size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=10, help="stage-1 epochs of every network")
     parser.add_argument("--stage2_epochs", type=int, default=5, help="stage-2 epochs of the MoE rows")
@@ -108,6 +118,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def apply_plan(args: argparse.Namespace, rows: dict[str, CompareRow]) -> dict[str, CompareRow]:
+    """With ``--plan``: set the budget of ``args`` from the plan file and return ``rows`` with the plan's learning rate
+    in every LH-UTANet stage-1 row that sets none of its own; without it, ``rows`` unchanged."""
+    if not args.plan:
+        return rows
+    plan = json.loads(Path(args.plan).read_text(encoding="utf-8"))
+    height, width = plan["image_size"]
+    if height != width:
+        raise SystemExit(f"--plan {args.plan}: image_size {height}x{width}; compare_models trains square inputs.")
+    args.image_size, args.batch_size, args.epochs = height, plan["batch_size"], plan["epochs"]
+    return {
+        key: (
+            replace(row, settings={"learning_rate": plan["learning_rate"], **row.settings})
+            if row.stage1_row is None and "network_def" not in row.overlay
+            else row
+        )
+        for key, row in rows.items()
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the chosen rows (cached ones are reused), then measure their costs and write the summary; exit code 0."""
     args = parse_args(argv)
@@ -118,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = build_rows(ablations, study, [int(seed) for seed in args.study_seeds.split(",") if seed], args.variants)
     if args.recipes:
         rows.update(recipe_rows())
+    rows = apply_plan(args, rows)
     keys = args.rows.split(",") if args.rows else list(rows)
     unknown = sorted(set(keys) - set(rows))
     if unknown:
