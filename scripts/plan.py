@@ -12,6 +12,7 @@ Usage (from the repository root):
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -24,6 +25,9 @@ from bundle.atomic_files import atomic_write_json  # noqa: E402
 from bundle.data import load_datalist, training_subset  # noqa: E402
 from bundle.networks import DEFAULT_ENCODER, ENCODERS  # noqa: E402
 from bundle.planning import fingerprint, log_plan, measure_seconds_per_step, plan_overlay, plan_training  # noqa: E402
+
+# the normalisation train.json trains with: a --minutes budget's step time is measured on that network
+TRAIN_NORM = json.loads((Path(__file__).resolve().parents[1] / "configs" / "train.json").read_text("utf-8"))["norm"]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -56,7 +60,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     learning_rate = ENCODERS[args.encoder].learning_rate
     plan = plan_training(found, device, base_learning_rate=learning_rate)
     if args.minutes is not None:
-        seconds = measure_seconds_per_step({"encoder": args.encoder}, plan["image_size"], plan["batch_size"], device)
+        network = {"encoder": args.encoder, "norm": TRAIN_NORM}
+        seconds = measure_seconds_per_step(network, plan["image_size"], plan["batch_size"], device)
         plan = plan_training(found, device, args.minutes, learning_rate, seconds)
     log_plan(plan)
     overlay = plan_overlay(found, plan, device)

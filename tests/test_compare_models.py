@@ -95,6 +95,10 @@ def test_rerun_reuses_finished_rows_and_refuses_another_budget(comparison):
     changed = [*argv[: argv.index("--epochs")], "--epochs", "2", *argv[argv.index("--epochs") + 2 :]]
     with pytest.raises(RuntimeError, match="another budget"):
         cli.main(changed)
+    plan = {"image_size": [64, 64], "batch_size": 2, "epochs": 1, "learning_rate": 0.01}  # the same budget, another lr
+    (root / "plan.json").write_text(json.dumps(plan), encoding="utf-8")
+    with pytest.raises(RuntimeError, match="another budget or settings"):
+        cli.main([*argv, "--plan", str(root / "plan.json")])
     assert checkpoint.stat().st_mtime_ns == before
 
 

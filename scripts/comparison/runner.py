@@ -83,10 +83,11 @@ class Comparison:
         result_path = self.run_dir(key) / "result.json"
         if result_path.is_file():
             cached = json.loads(result_path.read_text(encoding="utf-8"))
-            if cached.get("budget") == self.budget_of(key):
+            if cached.get("budget") == self.budget_of(key) and cached.get("settings") == self.rows[key].settings:
                 return cached
             raise RuntimeError(
-                f"{result_path} was made with another budget ({cached.get('budget')}); "
+                f"{result_path} was made with another budget or settings ({cached.get('budget')}, "
+                f"{cached.get('settings')}); "
                 "choose another --work_dir or move the old one away (nothing is overwritten)."
             )
         row = self.rows[key]
