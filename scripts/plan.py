@@ -26,8 +26,7 @@ from bundle.data import load_datalist, training_subset  # noqa: E402
 from bundle.networks import DEFAULT_ENCODER, ENCODERS  # noqa: E402
 from bundle.planning import fingerprint, log_plan, measure_seconds_per_step, plan_overlay, plan_training  # noqa: E402
 
-# the normalisation train.json trains with: a --minutes budget's step time is measured on that network
-TRAIN_NORM = json.loads((Path(__file__).resolve().parents[1] / "configs" / "train.json").read_text("utf-8"))["norm"]
+TRAIN_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train.json"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -60,7 +59,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     learning_rate = ENCODERS[args.encoder].learning_rate
     plan = plan_training(found, device, base_learning_rate=learning_rate)
     if args.minutes is not None:
-        network = {"encoder": args.encoder, "norm": TRAIN_NORM}
+        # timed on the normalisation train.json trains with
+        network = {"encoder": args.encoder, "norm": json.loads(TRAIN_CONFIG.read_text(encoding="utf-8"))["norm"]}
         seconds = measure_seconds_per_step(network, plan["image_size"], plan["batch_size"], device)
         plan = plan_training(found, device, args.minutes, learning_rate, seconds)
     log_plan(plan)
