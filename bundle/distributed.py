@@ -34,7 +34,7 @@ def convert_trainable_batchnorm(network: nn.Module, enabled: bool = True) -> nn.
     """Replace every BatchNorm layer that has trainable parameters by a SyncBatchNorm (when ``enabled``, id
     ``sync_batchnorm``); returns ``network``.
 
-    Frozen BatchNorm layers (stage 2, see ``bundle.finetune.freeze_except``) normalise with their running
+    Frozen BatchNorm layers (stage 2, see ``bundle.training.finetune.freeze_except``) normalise with their running
     statistics, so they have nothing to synchronise; they keep their eval-mode hooks. SyncBatchNorm runs on
     CUDA only.
     """

@@ -6,6 +6,7 @@ IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".ti
 JPEG_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg")
 TIFF_SUFFIXES: tuple[str, ...] = (".tif", ".tiff")
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
+VIDEO_SUFFIXES: tuple[str, ...] = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
 
 def split_suffix(name: str) -> tuple[str, str]:
@@ -30,3 +31,8 @@ def error_reason(error: BaseException) -> str:
         error = error.__cause__
     message = " ".join(str(error).split()).split(". ")[0] or type(error).__name__
     return message[:200]
+
+
+def is_video(name: str) -> bool:
+    """True for a video file name (:data:`VIDEO_SUFFIXES`, any case)."""
+    return name.lower().endswith(VIDEO_SUFFIXES)

@@ -82,7 +82,7 @@ SUITES: dict[str, Suite] = {
         latency.ROWS,
         latency.backends_of,
         latency.results_section,
-        "ONNX Runtime: the model exported by `bundle.backends.export_onnx` (opset 17), CPU provider, all graph "
+        "ONNX Runtime: the model exported by `bundle.backends.predictors.export_onnx` (opset 17), CPU provider, all graph "
         "optimisations, the same thread count; int8: `scripts/quantize.py`'s static QDQ quantisation (per-channel), "
         'calibrated on 8 random inputs. "default" is the path `backend auto` takes on a CPU (ONNX Runtime); '
         "ratio columns divide it by the named reference.",

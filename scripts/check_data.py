@@ -16,7 +16,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from bundle.data_check import check_dataset
+from bundle.data.check import check_dataset
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 from bundle.atomic_files import atomic_write_text, sha256_of
-from bundle.demo import make_demo_dataset
+from bundle.data.demo import make_demo_dataset
 from PIL import Image
 from scripts.bench.measure import cpu_model, markdown_table
 from scripts.write_large_files import SHIPPED

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 from bundle.atomic_files import atomic_write, atomic_write_csv
-from bundle.backends import load_network
-from bundle.checkpoints import read_network_settings
-from bundle.data import SPLIT_KEYS
+from bundle.backends.predictors import load_network
+from bundle.data.datasets import SPLIT_KEYS
+from bundle.training.checkpoints import read_network_settings
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from monai.bundle import ConfigParser

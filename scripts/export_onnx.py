@@ -1,6 +1,6 @@
 """Export an LH-UTANet checkpoint to ONNX: the network for ``configs/inference.json --backend onnx``, or with
 ``--end-to-end`` the whole path of one image (uint8 H×W×3 in, uint8 H×W mask 0/255 out, any size:
-:mod:`bundle.end_to_end`), which needs only onnxruntime, numpy and an image reader.
+:mod:`bundle.inference.end_to_end`), which needs only onnxruntime, numpy and an image reader.
 
 ``configs/inference.json`` builds the network the checkpoint needs (its ``network_settings``: encoder, use_moe,
 channels, top_k and the ``image_size``, read from the checkpoint; the network alone keeps batch, height and width
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bundle.backends import export_onnx, network_for_checkpoint, write_onnx
-from bundle.end_to_end import EndToEndSegmenter
+from bundle.backends.predictors import export_onnx, network_for_checkpoint, write_onnx
 from bundle.errors import BundleError
+from bundle.inference.end_to_end import EndToEndSegmenter
 from monai.bundle import ConfigParser
 from PIL import Image
 

@@ -103,7 +103,7 @@ def check_pyproject_version(root: Path, version: str) -> None:
 
 def check_weights_fit(root: Path) -> None:
     """PackagingError unless ``configs/inference.json`` builds a network that ``models/model.pt`` loads into strictly."""
-    from bundle.backends import load_network
+    from bundle.backends.predictors import load_network
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()

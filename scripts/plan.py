@@ -1,7 +1,7 @@
 """Plan a stage-1 training from the dataset: fingerprint it, choose input size, batch size, epochs and learning rate for
 the device (and an optional time budget), and write the choices with their reasons as a train.json overlay.
 
-The rules are in ``bundle/planning.py`` and docs/planning.md. Every choice stays overridable by the usual ids.
+The rules are in ``bundle/data/planning.py`` and docs/planning.md. Every choice stays overridable by the usual ids.
 
 Usage (from the repository root):
     python scripts/plan.py --dataset_dir ../shared/data/monuseg --output runs/monuseg/plan.json [--minutes 30]
@@ -14,17 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file: make ``bundle`` importable from the repository root
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bundle.atomic_files import atomic_write_json  # noqa: E402
-from bundle.data import load_datalist, training_subset  # noqa: E402
-from bundle.networks import DEFAULT_ENCODER, ENCODERS  # noqa: E402
-from bundle.planning import fingerprint, log_plan, measure_seconds_per_step, plan_overlay, plan_training  # noqa: E402
+from bundle.atomic_files import atomic_write_json
+from bundle.data.datasets import load_datalist, training_subset
+from bundle.data.planning import fingerprint, log_plan, measure_seconds_per_step, plan_overlay, plan_training
+from bundle.networks import DEFAULT_ENCODER, ENCODERS
 
 TRAIN_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train.json"
 

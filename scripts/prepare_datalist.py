@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bundle.atomic_files import atomic_write_json
-from bundle.data import find_image_mask_pairs, load_datalist
-from bundle.splits import split_pairs
+from bundle.data.datasets import find_image_mask_pairs, load_datalist
+from bundle.data.splits import split_pairs
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

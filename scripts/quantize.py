@@ -1,6 +1,6 @@
 """int8 model for ``configs/inference.json --backend onnx-int8``: ONNX Runtime static quantisation of a checkpoint.
 
-The checkpoint is exported to ONNX (``bundle.backends.export_onnx``, at its training ``image_size``), then quantised
+The checkpoint is exported to ONNX (``bundle.backends.predictors.export_onnx``, at its training ``image_size``), then quantised
 by ONNX Runtime's ``quantize_static``: QDQ format, per-channel int8 weights, uint8 activations, calibrated (MinMax)
 on ``--num_images`` training images preprocessed exactly as ``configs/inference.json`` does. The int8 file is
 written atomically and never overwrites an existing file.
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 from bundle.atomic_files import atomic_write
-from bundle.backends import export_onnx, network_for_checkpoint
-from bundle.data import load_datalist
+from bundle.backends.predictors import export_onnx, network_for_checkpoint
+from bundle.data.datasets import load_datalist
 from monai.bundle import ConfigParser
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -21,6 +21,13 @@ CONFIGS = REPO_ROOT / "configs"
 FAST = {"image_size": [64, 64], "batch_size": 4, "num_workers": 0, "encoder": "mobilenetv2", "val_interval": 1}
 
 
+def fast_network_settings(**changes) -> dict:
+    """The ``network_settings`` that a :data:`FAST` training records in its checkpoint, with ``changes``."""
+    settings = {"encoder": "mobilenetv2", "use_moe": False, "in_channels": 3, "out_channels": 1, "top_k": 2}
+    settings |= {"image_size": [64, 64], "full_resolution_skip": 0, "norm": "group", "deep_supervision": False}
+    return settings | changes
+
+
 def write_pair(folder: Path, name: str, image: np.ndarray, mask: np.ndarray, image_ext: str = ".png") -> None:
     """Write images/<name><image_ext> and masks/<name>.png under ``folder``."""
     (folder / "images").mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,10 @@
-"""The photometric recipe (bundle.augmentations and train.json's ``photometric_transforms``)."""
+"""The photometric recipe (bundle.data.augmentations and train.json's ``photometric_transforms``)."""
 
 import json
 
 import pytest
 import torch
-from bundle.augmentations import RandJpegd, RandSaturationd
+from bundle.data.augmentations import RandJpegd, RandSaturationd
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from scripts.comparison.recipes import CROSS_CENTRE_RECIPES
@@ -53,7 +53,7 @@ def test_jpeg_artefacts_keep_shape_range_and_metadata(channels):
 def test_train_json_trains_with_the_photometric_recipe_and_the_baseline_row_drops_it():
     config = json.loads((CONFIGS / "train.json").read_text())
     targets = [entry["_target_"] for entry in config["photometric_transforms"]]
-    assert "bundle.augmentations.RandJpegd" in targets and "bundle.augmentations.RandSaturationd" in targets
+    assert "bundle.data.augmentations.RandJpegd" in targets and "bundle.data.augmentations.RandSaturationd" in targets
     assert "@photometric_transforms" in config["train"]["preprocessing"]["transforms"]
     parser = ConfigParser(config)
     with_recipe = len(parser.get_parsed_content("train#preprocessing").transforms)

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from bundle.demo import make_demo_dataset
+from bundle.data.demo import make_demo_dataset
 from bundle.networks import LightweightHierarchicalUTANet
 from monai.bundle import ConfigParser
 from PIL import Image
 
-from tests.helpers import CONFIGS, FAST, REPO_ROOT, make_rectangles_dataset, run_bundle
+from tests.helpers import CONFIGS, FAST, REPO_ROOT, fast_network_settings, make_rectangles_dataset, run_bundle
 
 
 def test_train_two_epochs_writes_checkpoint_and_metrics(tmp_path):
@@ -25,17 +25,7 @@ def test_train_two_epochs_writes_checkpoint_and_metrics(tmp_path):
     assert checkpoint.is_file()
     state = torch.load(checkpoint, weights_only=True)
     LightweightHierarchicalUTANet(encoder="mobilenetv2", norm="group").load_state_dict(state["model"])  # strict
-    assert state["network_settings"] == {  # what inference rebuilds the network from
-        "encoder": "mobilenetv2",
-        "use_moe": False,
-        "in_channels": 3,
-        "out_channels": 1,
-        "top_k": 2,
-        "image_size": [64, 64],
-        "full_resolution_skip": 0,
-        "norm": "group",
-        "deep_supervision": False,
-    }
+    assert state["network_settings"] == fast_network_settings()  # what inference rebuilds the network from
     evaluator = workflow.parser.get_parsed_content("validate#evaluator")
     assert evaluator.state.epoch == 2
     for name in ("val_mean_dice", "val_iou", "val_precision", "val_recall", "val_hd95"):

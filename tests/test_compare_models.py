@@ -242,8 +242,8 @@ def test_equal_time_budget_splits_lh_utanet_stages_and_stops_on_time(comparison)
 
 def test_time_budget_anneals_the_learning_rate_and_ends_on_whole_epochs(monkeypatch):
     """A fake clock advancing 1 s per iteration, 2 iterations per epoch, a 6 s budget: 3 whole epochs run."""
-    from bundle.handlers import TimeBudget, time_budget
     from bundle.networks import LightweightHierarchicalUTANet
+    from bundle.training.handlers import TimeBudget, time_budget
 
     from tests.helpers import tiny_trainer
 

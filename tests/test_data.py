@@ -1,4 +1,4 @@
-"""Tests of bundle.data (dataset discovery, splitting, demo set) and scripts/prepare_datalist.py."""
+"""Tests of bundle.data.datasets (dataset discovery, splitting, demo set) and scripts/prepare_datalist.py."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from bundle.data import find_image_mask_pairs, load_datalist
-from bundle.demo import make_demo_dataset
+from bundle.data.datasets import find_image_mask_pairs, load_datalist
+from bundle.data.demo import make_demo_dataset
+from bundle.data.splits import split_pairs
 from bundle.formats import IMAGE_SUFFIXES
-from bundle.splits import split_pairs
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

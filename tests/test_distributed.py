@@ -12,10 +12,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from bundle.checkpoints import read_state_dict
 from bundle.distributed import convert_trainable_batchnorm
-from bundle.finetune import freeze_except
 from bundle.networks import LightweightHierarchicalUTANet
+from bundle.training.checkpoints import read_state_dict
+from bundle.training.finetune import freeze_except
 from monai.bundle import ConfigParser
 
 from tests.helpers import CONFIGS, FAST, REPO_ROOT, bundle_run_arguments, make_rectangles_dataset, run_bundle
@@ -31,7 +31,7 @@ SAVE_RANK_STATE = {
             "$torch.save({'weights': @unwrapped_network.state_dict(), 'metrics': @validate#evaluator.state.metrics, "
             "'moe': [{'gate_mass': h.gate_mass.tolist() if h.gate_mass is not None else None, "
             "'balance_sum': h.balance_sum, 'iterations': h.iterations} "
-            "for h in @train#handlers if isinstance(h, bundle.handlers.MoEBalanceLossHandler)][:1]}, "
+            "for h in @train#handlers if isinstance(h, bundle.training.handlers.MoEBalanceLossHandler)][:1]}, "
             "@bundle_root + '/rank' + os.environ['RANK'] + '.pt')"
         )
     ]

@@ -5,8 +5,8 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
-from bundle.end_to_end import resize_matrix
-from bundle.transforms import antialiased_resize_matrix
+from bundle.data.transforms import antialiased_resize_matrix
+from bundle.inference.end_to_end import resize_matrix
 from PIL import Image
 from scripts.export_onnx import main
 

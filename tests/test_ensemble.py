@@ -4,9 +4,9 @@ included, through folder inference."""
 import numpy as np
 import pytest
 import torch
-from bundle.backends import EnsemblePredictor, Predictor, load_ensemble
+from bundle.backends.predictors import EnsemblePredictor, Predictor, load_ensemble
+from bundle.inference.tta import probabilities
 from bundle.networks import LightweightHierarchicalUTANet
-from bundle.tta import probabilities
 from PIL import Image
 
 from tests.helpers import make_rectangles_dataset, run_bundle, save_checkpoint

@@ -4,7 +4,7 @@ import csv
 
 import pytest
 import torch
-from bundle.demo import make_demo_dataset
+from bundle.data.demo import make_demo_dataset
 from bundle.networks import LightweightHierarchicalUTANet
 from scripts.expert_usage import main
 

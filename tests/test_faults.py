@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from bundle import atomic_files, writers
-from bundle.onnx_cache import sha256_record
-from bundle.readers import header_problem, image_readers
+from bundle.backends.onnx_cache import sha256_record
+from bundle.data.readers import header_problem, image_readers
 from monai.transforms import LoadImage
 from PIL import Image
 
@@ -271,7 +271,7 @@ def test_bad_inputs_get_precise_reasons_and_nothing_vanishes(tmp_path, ckpt, mon
     Image.fromarray(pattern_image()).save(images / "locked.png")
     readable = os.access
     monkeypatch.setattr(
-        "bundle.inference.os.access", lambda path, mode: "locked" not in str(path) and readable(path, mode)
+        "bundle.inference.folder.os.access", lambda path, mode: "locked" not in str(path) and readable(path, mode)
     )
     infer(images, images / "out", ckpt)  # the output folder lies inside the input folder
     rows = {row["path"]: row["status"] for row in report_rows(images / "out")}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from bundle.handlers import MoEBalanceLossHandler, ResumeCheckpoint, StopOnNonFiniteLoss
 from bundle.networks import LightweightHierarchicalUTANet
+from bundle.training.handlers import MoEBalanceLossHandler, ResumeCheckpoint, StopOnNonFiniteLoss
 from ignite.engine import Events
 from monai.engines import SupervisedEvaluator
 from monai.handlers import ValidationHandler

@@ -3,6 +3,7 @@ back (``TYPE_CHECKING`` imports included), and the default encoder is named in o
 
 import ast
 import json
+import re
 from pathlib import Path
 
 from bundle.networks import DEFAULT_ENCODER, ENCODERS, LightweightHierarchicalUTANet
@@ -77,7 +78,10 @@ def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_bundle_has_no_import_cycle():
     graph = import_graph(REPO_ROOT / "bundle")
-    assert "bundle.writers" in graph["bundle.inference"] or "bundle.inference" in graph["bundle.writers"]
+    assert (
+        "bundle.inference.writers" in graph["bundle.inference.folder"]
+        or "bundle.inference.folder" in graph["bundle.inference.writers"]
+    )
     assert import_cycles(graph) == []
 
 
@@ -97,3 +101,50 @@ def test_one_default_encoder():
     assert train["encoder"] == DEFAULT_ENCODER
     network = LightweightHierarchicalUTANet()
     assert type(network.encoder) is ENCODERS[DEFAULT_ENCODER].cls
+
+
+LAYERS = ("core", "networks", "data", "training", "backends", "inference", "video", "evaluation")
+
+
+def layer(module: str) -> int:
+    """The layer of a ``bundle`` module: its package's place in :data:`LAYERS`; top-level modules are the core."""
+    parts = module.split(".")
+    return LAYERS.index(parts[1]) if len(parts) > 2 or parts[-1] in LAYERS else 0
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    return [
+        f"{name} -> {target}"
+        for name, targets in graph.items()
+        if name != "bundle"
+        for target in targets
+        if layer(target) > layer(name)
+    ]
+
+
+def test_no_package_imports_a_higher_layer():
+    graph = import_graph(REPO_ROOT / "bundle")
+    assert set(LAYERS[1:]) <= {name.split(".")[1] for name in graph if name.count(".") >= 1}
+    assert layer_violations(graph) == []
+
+
+def test_layer_check_finds_an_upward_import():
+    graph = {"bundle.data.splits": {"bundle.inference.tta"}, "bundle.inference.tta": {"bundle.errors"}}
+    assert layer_violations(graph) == ["bundle.data.splits -> bundle.inference.tta"]
+
+
+def test_bundle_has_few_top_level_modules():
+    modules = sorted(path.name for path in (REPO_ROOT / "bundle").glob("*.py"))
+    assert len(modules) <= 8, modules
+
+
+def test_no_sys_path_insertion():
+    edit = re.compile(r"sys\.path\.(insert|append|extend)\(|sys\.path\s*(\+?=)")
+    found = [
+        f"{path.relative_to(REPO_ROOT)}:{number}"
+        for folder in ("bundle", "scripts", "tests")
+        for path in (REPO_ROOT / folder).rglob("*.py")
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if edit.search(line) and path.name != "test_imports.py"
+    ]
+    assert found == []

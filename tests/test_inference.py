@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from bundle.data.transforms import AntialiasedResized
+from bundle.inference.postprocessing import postprocess_mask
 from bundle.networks import LightweightHierarchicalUTANet
-from bundle.postprocessing import postprocess_mask
-from bundle.transforms import AntialiasedResized
 from monai.bundle import ConfigParser, ckpt_export
 from monai.data import MetaTensor
 from monai.transforms import Resized
@@ -254,7 +254,7 @@ def test_antialiased_resized_matches_monai_resized(shape):
 def test_backend_auto_runs_onnx_runtime_on_cpu_with_torchs_masks(tmp_path, mixed):
     """``backend auto`` (the default) on a CPU exports the checkpoint once into the cache, verified, and serves it
     with ONNX Runtime; its masks equal the torch backend's."""
-    from bundle.backends import OnnxPredictor
+    from bundle.backends.predictors import OnnxPredictor
 
     ckpt, cache = save_checkpoint(tmp_path / "random.pt", all_foreground=False), tmp_path / "cache"
     masks = {}
@@ -275,7 +275,7 @@ def test_backend_auto_runs_onnx_runtime_on_cpu_with_torchs_masks(tmp_path, mixed
 
 
 def test_an_export_that_disagrees_with_torch_is_never_used(tmp_path, monkeypatch):
-    from bundle.backends import OnnxPredictor, cached_onnx_export, load_network
+    from bundle.backends.predictors import OnnxPredictor, cached_onnx_export, load_network
 
     ckpt = save_checkpoint(tmp_path / "random.pt", all_foreground=False)
     network = load_network(LightweightHierarchicalUTANet(encoder="mobilenetv2", use_moe=True), ckpt)
@@ -289,14 +289,14 @@ def test_an_export_that_disagrees_with_torch_is_never_used(tmp_path, monkeypatch
 def test_backend_auto_falls_back_to_torch_when_the_export_cannot_run_a_batch(tmp_path, caplog):
     """MONAI's FlexibleUNet(resnet34) exports with its batch size fixed (type-A shortcuts concatenate zeros of the
     traced batch): the probe batch of 2 fails, nothing is cached, and auto serves torch."""
-    from bundle.backends import OnnxPredictor, load_predictor
+    from bundle.backends.predictors import OnnxPredictor, load_predictor
     from monai.networks.nets import FlexibleUNet
 
     torch.manual_seed(0)
     network = FlexibleUNet(in_channels=3, out_channels=1, backbone="resnet34", pretrained=False, spatial_dims=2)
     ckpt = tmp_path / "flexible.pt"
     torch.save(network.state_dict(), ckpt)
-    with caplog.at_level("WARNING", logger="bundle.backends"):
+    with caplog.at_level("WARNING", logger="bundle.backends.predictors"):
         predictor = load_predictor("auto", "cpu", network, ckpt, "", "", tmp_path / "cache", (64, 64))
     assert not isinstance(predictor, OnnxPredictor)
     assert "does not run on a probe batch" in caplog.text and "running torch instead" in caplog.text

@@ -1,7 +1,7 @@
 """PraNet's structure loss: near 0 for a confident correct prediction, larger for a wrong one, edges weighted more."""
 
 import torch
-from bundle.losses import StructureLoss
+from bundle.training.losses import StructureLoss
 
 
 def test_structure_loss_orders_predictions_and_weights_edges():

@@ -3,7 +3,7 @@ contiguous blocks (no leak of a sequence), and validation Dice is logged per sou
 
 import numpy as np
 import pytest
-from bundle.data import load_datalist
+from bundle.data.datasets import load_datalist
 
 from tests.helpers import FAST, make_rectangles_dataset, run_bundle, write_pair
 

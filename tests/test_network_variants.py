@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from bundle.backends import export_onnx
-from bundle.checkpoints import ARCHITECTURE_DEFAULTS, read_network_settings, read_state_dict
-from bundle.demo import make_demo_dataset
-from bundle.losses import BoundaryDiceCELoss, DeepSupervisionLoss, boundary_band
+from bundle.backends.predictors import export_onnx
+from bundle.data.demo import make_demo_dataset
 from bundle.networks import LightweightHierarchicalUTANet
+from bundle.training.checkpoints import ARCHITECTURE_DEFAULTS, read_network_settings, read_state_dict
+from bundle.training.losses import BoundaryDiceCELoss, DeepSupervisionLoss, boundary_band
 from monai.losses import DiceCELoss
 
 from tests.helpers import export_checkpoint, run_bundle

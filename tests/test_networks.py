@@ -222,7 +222,7 @@ class TestRegisteredEncoder:
 
     def test_torchscript_and_onnx_match_eager(self, encoder, tmp_path):
         import onnxruntime  # a pinned requirement: this test must not be skipped
-        from bundle.backends import export_onnx
+        from bundle.backends.predictors import export_onnx
         from monai.networks.utils import convert_to_torchscript
 
         torch.manual_seed(0)
@@ -285,7 +285,7 @@ def test_the_architecture_options_default_to_todays_network_and_old_checkpoints_
     """full_resolution_skip / norm / deep_supervision: the defaults add no module and keep BatchNorm, so the shipped
     model.pt (a plain state_dict) and checkpoints that record settings from before these options load strictly,
     resolve to the defaults, and give the same logits as the network built without the new arguments."""
-    from bundle.checkpoints import (
+    from bundle.training.checkpoints import (
         ARCHITECTURE_DEFAULTS,
         read_network_settings,
         read_state_dict,
@@ -314,7 +314,7 @@ def test_the_architecture_options_default_to_todays_network_and_old_checkpoints_
 
 
 def test_variant_settings_are_read_from_the_weights_and_contradictions_fail(tmp_path):
-    from bundle.checkpoints import SettingsMismatchError, read_network_settings, resolve_network_settings
+    from bundle.training.checkpoints import SettingsMismatchError, read_network_settings, resolve_network_settings
 
     network = LightweightHierarchicalUTANet(full_resolution_skip=8, norm="instance", deep_supervision=True)
     torch.save(network.state_dict(), tmp_path / "plain.pt")  # no recorded settings: only what the weights show

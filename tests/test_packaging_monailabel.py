@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from bundle.demo import make_demo_dataset
+from bundle.data.demo import make_demo_dataset
 from bundle.networks import LightweightHierarchicalUTANet
 from monai.bundle import ConfigParser
 from monai.networks.nets import BasicUNet

@@ -1,11 +1,11 @@
-"""The planner (bundle/planning.py, scripts/plan.py): fingerprints of synthetic datasets of different sizes and object
+"""The planner (bundle/data/planning.py, scripts/plan.py): fingerprints of synthetic datasets of different sizes and object
 scales give the choices docs/planning.md documents, the plan file drives train.json, and an explicit id wins."""
 
 import json
 
 import numpy as np
 import pytest
-from bundle.planning import PlanRules, fingerprint, plan_training
+from bundle.data.planning import PlanRules, fingerprint, plan_training
 from monai.bundle import ConfigParser
 from scripts import plan as plan_script
 

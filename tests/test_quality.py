@@ -6,8 +6,8 @@ import csv
 import numpy as np
 import pytest
 import torch
-from bundle.quality import FEATURES, QualityScored, quality_model
-from bundle.tta import TTA_SPREAD
+from bundle.inference.quality import FEATURES, QualityScored, quality_model
+from bundle.inference.tta import TTA_SPREAD
 from monai.data import MetaTensor
 from PIL import Image
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from bundle.backends import export_onnx, load_predictor
-from bundle.demo import make_demo_dataset
+from bundle.backends.predictors import export_onnx, load_predictor
+from bundle.data.demo import make_demo_dataset
 from bundle.networks import LightweightHierarchicalUTANet
 from monai.bundle import ConfigParser
 from scripts import quantize

@@ -12,10 +12,10 @@ import sys
 import numpy as np
 import pytest
 import torch
-from bundle.backends import load_predictor
-from bundle.checkpoints import load_checkpoint, read_state_dict
-from bundle.handlers import AtomicCheckpointSaver, ResumeCheckpoint
+from bundle.backends.predictors import load_predictor
 from bundle.networks import LightweightHierarchicalUTANet
+from bundle.training.checkpoints import load_checkpoint, read_state_dict
+from bundle.training.handlers import AtomicCheckpointSaver, ResumeCheckpoint
 from ignite.engine import Engine
 from PIL import Image
 from scripts.check_data import main as check_data_main
@@ -348,8 +348,8 @@ def test_training_refuses_bad_data_unless_the_check_is_off(tmp_path):
 
 def test_overwrite_false_from_the_command_line_still_refuses(tmp_path):
     """``--overwrite false`` reaches the configs as the string "false", which must not mean overwrite."""
-    from bundle.handlers import SegmentationMetricsWriter
-    from bundle.writers import SaveMaskd
+    from bundle.inference.writers import SaveMaskd
+    from bundle.training.handlers import SegmentationMetricsWriter
 
     writer = SegmentationMetricsWriter(tmp_path, overwrite="false")
     (tmp_path / "metrics_summary.json").write_text("{}")

@@ -1,6 +1,6 @@
 """Sharded folder inference (configs/multi_gpu_inference.json) with torchrun on two CPU processes (gloo): the masks
 and predictions.csv of a single-process run, one row per input in input order; a rank killed mid-run leaves no
-corrupt file and a re-run completes the rest; and the planning of each rank (bundle.sharding)."""
+corrupt file and a re-run completes the rest; and the planning of each rank (bundle.inference.sharding)."""
 
 import csv
 import json
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bundle.inference import FolderPlan
-from bundle.sharding import merge_partial_reports, report_path
+from bundle.inference.folder import FolderPlan
+from bundle.inference.sharding import merge_partial_reports, report_path
 from PIL import Image
 
 from tests.helpers import make_rectangles_dataset, run_bundle, save_checkpoint

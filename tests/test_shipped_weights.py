@@ -7,8 +7,8 @@ import pytest
 import torch
 import yaml
 from bundle.atomic_files import sha256_of
-from bundle.checkpoints import read_state_dict
-from bundle.demo import make_demo_dataset
+from bundle.data.demo import make_demo_dataset
+from bundle.training.checkpoints import read_state_dict
 from monai.bundle import ConfigParser
 from PIL import Image
 from scripts.write_large_files import SHIPPED, SIZE_CAP_MB

@@ -7,14 +7,14 @@ import sys
 
 import pytest
 import torch
-from bundle.checkpoints import load_stage1_weights, read_network_settings
-from bundle.demo import make_demo_dataset
-from bundle.finetune import freeze_except
-from bundle.handlers import MoEBalanceLossHandler
+from bundle.data.demo import make_demo_dataset
 from bundle.networks import LightweightHierarchicalUTANet
+from bundle.training.checkpoints import load_stage1_weights, read_network_settings
+from bundle.training.finetune import freeze_except
+from bundle.training.handlers import MoEBalanceLossHandler
 from monai.bundle import ConfigParser
 
-from tests.helpers import CONFIGS, FAST, REPO_ROOT, messages, run_bundle, tiny_trainer
+from tests.helpers import CONFIGS, FAST, REPO_ROOT, fast_network_settings, messages, run_bundle, tiny_trainer
 
 
 def stage1_checkpoint(folder, encoder="mobilenetv2"):
@@ -69,7 +69,7 @@ def test_balance_loss_reaches_backward():
 
 
 def test_collapse_warning_names_the_remedies(caplog):
-    with caplog.at_level(logging.WARNING, logger="bundle.handlers.moe_loss"):
+    with caplog.at_level(logging.WARNING, logger="bundle.training.handlers.moe_loss"):
         one_training_iteration(loss_weight=0.01, collapse_gate=True)
     messages = [r.getMessage() for r in caplog.records if "collapsed" in r.getMessage()]
     assert any("gate 0" in m and "moe_loss_weight" in m for m in messages), messages
@@ -82,12 +82,12 @@ def test_handler_leaves_networks_without_moe_alone(caplog):
     network = BasicUNet(spatial_dims=2, in_channels=3, out_channels=1, features=(4, 4, 8, 8, 16, 4))
     batch = {"image": torch.randn(2, 3, 32, 32), "label": (torch.rand(2, 1, 32, 32) > 0.5).float()}
     trainer = tiny_trainer(network, [batch, batch], [MoEBalanceLossHandler(loss_weight=0.1)], lr=0.0)
-    with caplog.at_level(logging.INFO, logger="bundle.handlers.moe_loss"):
+    with caplog.at_level(logging.INFO, logger="bundle.training.handlers.moe_loss"):
         trainer.run()
     with torch.no_grad():
         expected = torch.nn.BCEWithLogitsLoss()(network(batch["image"]), batch["label"])
     assert float(trainer.state.output[0]["loss"]) == pytest.approx(expected.item(), rel=1e-5)
-    handler_messages = [r.getMessage() for r in caplog.records if r.name == "bundle.handlers.moe_loss"]
+    handler_messages = [r.getMessage() for r in caplog.records if r.name == "bundle.training.handlers.moe_loss"]
     assert handler_messages == ["BasicUNet has no MoE balance loss: nothing to add."]
     assert "moe_balance_loss" not in trainer.state.metrics
 
@@ -142,14 +142,4 @@ def test_two_stage_pipeline_ends_with_moe_model(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (tmp_path / "models" / "stage1" / "model.pt").is_file()
     settings = read_network_settings(tmp_path / "models" / "model.pt")
-    assert settings == {
-        "encoder": "mobilenetv2",
-        "use_moe": True,
-        "in_channels": 3,
-        "out_channels": 1,
-        "top_k": 2,
-        "image_size": [64, 64],
-        "full_resolution_skip": 0,
-        "norm": "group",
-        "deep_supervision": False,
-    }
+    assert settings == fast_network_settings(use_moe=True)

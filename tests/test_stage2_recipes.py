@@ -7,10 +7,10 @@ import logging
 import numpy as np
 import pytest
 import torch
-from bundle.handlers import KMeansGateInit
-from bundle.handlers.kmeans_gates import kmeans
 from bundle.networks import LightweightHierarchicalUTANet
 from bundle.networks.moe import TopKGate
+from bundle.training.handlers import KMeansGateInit
+from bundle.training.handlers.kmeans_gates import kmeans
 
 from tests.helpers import tiny_trainer
 
@@ -41,7 +41,7 @@ def test_shared_expert_starts_as_stage1_then_adds_to_every_gate():
 
 def test_shared_expert_trains_and_exports(tmp_path):
     import onnxruntime  # a pinned requirement: this test must not be skipped
-    from bundle.backends import export_onnx
+    from bundle.backends.predictors import export_onnx
 
     torch.manual_seed(0)
     model = randomise_dockers(
@@ -93,9 +93,9 @@ def test_kmeans_init_sets_the_gates_before_the_first_epoch_only(caplog):
     batches = [{"image": image, "label": (image[:, :1] > 1).float()} for image in images]
     trainer = tiny_trainer(network, batches, [KMeansGateInit(batches=4, iterations=5)], lr=0.0)
     trainer.state.max_epochs = 2
-    with caplog.at_level(logging.INFO, logger="bundle.handlers.kmeans_gates"):
+    with caplog.at_level(logging.INFO, logger="bundle.training.handlers.kmeans_gates"):
         trainer.run()
-    runs = [r.getMessage() for r in caplog.records if r.name == "bundle.handlers.kmeans_gates"]
+    runs = [r.getMessage() for r in caplog.records if r.name == "bundle.training.handlers.kmeans_gates"]
     assert len(runs) == 1 and runs[0].startswith("KMeansGateInit: 16 images")
     for gate, old in zip(network.moe.gates, before):
         assert not torch.equal(gate.logits.weight, old)

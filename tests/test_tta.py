@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from bundle.demo import make_demo_dataset
-from bundle.tta import FLIP_DIMS, TTAInferer, probabilities
+from bundle.data.demo import make_demo_dataset
+from bundle.inference.tta import FLIP_DIMS, TTAInferer, probabilities
 from PIL import Image
 
 from tests.helpers import REPO_ROOT, run_bundle

@@ -11,7 +11,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from bundle.video_io import OVERLAY_COLOUR, FrameReader, overlay_frame
+from bundle.video.io import OVERLAY_COLOUR, FrameReader, overlay_frame
 from PIL import Image
 
 from tests.helpers import REPO_ROOT, bundle_run_arguments, messages, run_bundle, save_checkpoint

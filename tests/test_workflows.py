@@ -5,9 +5,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from bundle.checkpoints import SettingsMismatchError
-from bundle.demo import make_demo_dataset
+from bundle.data.demo import make_demo_dataset
 from bundle.errors import bundle_error_in_chain
+from bundle.training.checkpoints import SettingsMismatchError
 from monai.bundle import create_workflow
 from PIL import Image
 

@@ -91,7 +91,7 @@ class LightweightHierarchicalUTANet(nn.Module):
         norm: normalisation of every layer: "batch" (default), "group" (8 groups) or "instance"; the last two do
             not depend on the batch size.
         deep_supervision: add 1×1 heads on the decoder's H/4 and H/2 outputs; in training mode their logits are
-            kept in ``self.aux_logits`` for :class:`bundle.losses.DeepSupervisionLoss` (inference ignores them).
+            kept in ``self.aux_logits`` for :class:`bundle.training.losses.DeepSupervisionLoss` (inference ignores them).
     """
 
     gate_weights: list[torch.Tensor]  # class-level, so that TorchScript knows the type of the empty list

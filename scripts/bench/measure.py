@@ -89,10 +89,10 @@ def onnx_session(path: str | Path, threads: int):
 def measure_onnx_latency(
     model: nn.Module, input_shape: Sequence[int], iters: int, threads: int, int8: bool = False
 ) -> float:
-    """Median warm batch-1 latency (ms) of ``model`` exported to ONNX (``bundle.backends.export_onnx``) in ONNX
+    """Median warm batch-1 latency (ms) of ``model`` exported to ONNX (``bundle.backends.predictors.export_onnx``) in ONNX
     Runtime; ``int8``: after ``scripts/quantize.py``'s static QDQ quantisation, calibrated on 8 random inputs (the
     calibration changes the scales, not the work)."""
-    from bundle.backends import export_onnx
+    from bundle.backends.predictors import export_onnx
     from scripts.quantize import quantize_onnx
 
     x = np.random.default_rng(0).random(input_shape, dtype=np.float32)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 import torch
-from bundle.backends import export_onnx
+from bundle.backends.predictors import export_onnx
 
 from .latency import ROWS, matmul_gflops
 from .measure import build, cpu_model, markdown_table, measure_cost, median_ms, publish, rounds_cell
@@ -98,7 +98,7 @@ def report(rounds: int, iters: int) -> str:
 - 1-min load average at start / end: {load:.2f} / {os.getloadavg()[0]:.2f} (other processes slow every row)
 - Date: {date}
 
-LH-UTANet mobilenetv2 + MoE, random weights, exported by `bundle.backends.export_onnx`, input {SIZE}², {2 * gmacs:.2f}
+LH-UTANet mobilenetv2 + MoE, random weights, exported by `bundle.backends.predictors.export_onnx`, input {SIZE}², {2 * gmacs:.2f}
 GFLOP per image. Limit: a 2048² float32 matrix product in torch with 2 threads, {peak:.0f} GFLOP/s, i.e.
 {2 * gmacs / peak * 1e3:.1f} ms per image. Each session: {iters} timed runs after warm-up per round (median), {rounds}
 interleaved rounds (median of the rounds).

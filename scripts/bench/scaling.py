@@ -1,6 +1,6 @@
 """Scale-out benchmarks of folder inference (``docs/distributed.md``, the block between its ``scaling`` markers):
 
-- planning: time and peak Python memory of :class:`bundle.inference.FolderPlan` (rank 0 of 1 and of 8) over
+- planning: time and peak Python memory of :class:`bundle.inference.folder.FolderPlan` (rank 0 of 1 and of 8) over
   ``--files`` generated tiny files (a few bytes each: planning lists and stats files, it never decodes them);
 - ranks: images/s of ``configs/inference.json`` on the Kvasir-SEG test JPGs (each linked ``--copies`` times) in one
   process with 2 threads, and with ``torchrun --nproc_per_node 2`` (``multi_gpu_inference.json``) with 1 thread per
@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bundle.atomic_files import atomic_write_text
-from bundle.inference import FolderPlan
+from bundle.inference.folder import FolderPlan
 
 from .measure import cpu_model, markdown_table
 from .throughput import kvasir_test_images

@@ -23,13 +23,26 @@ KVASIR = REPO_ROOT.parent / "shared" / "data" / "kvasir-seg"
 INFERENCE_CONFIG = REPO_ROOT / "configs" / "inference.json"
 
 
+def inference_parser(overrides: dict[str, Any]) -> ConfigParser:
+    """inference.json from the repository root, on the CPU, with ``overrides``."""
+    parser = ConfigParser()
+    parser.read_config(str(INFERENCE_CONFIG))
+    parser.update({"bundle_root": str(REPO_ROOT), "device": "$torch.device('cpu')", **overrides})
+    return parser
+
+
+def timed_evaluation(parser: ConfigParser) -> tuple[float, list[dict]]:
+    """(seconds, report rows) of ``parser``'s evaluator, built (the one-off ONNX export) before the clock starts."""
+    evaluator = parser.get_parsed_content("evaluator")
+    start = time.perf_counter()
+    evaluator.run()
+    return time.perf_counter() - start, evaluator.state.report
+
+
 def shipped_image_size() -> list[int]:
     """[H, W] that inference.json runs the shipped models/model.pt at (a plain state_dict: its
     ``plain_checkpoint_defaults``)."""
-    parser = ConfigParser()
-    parser.read_config(str(INFERENCE_CONFIG))
-    parser.update({"bundle_root": str(REPO_ROOT)})
-    return list(parser.get_parsed_content("network_settings")["image_size"])
+    return list(inference_parser({}).get_parsed_content("network_settings")["image_size"])
 
 
 IMAGE_SIZE = shipped_image_size()
@@ -119,24 +132,9 @@ def measure_throughput(key: str) -> float:
         for source in kvasir_test_images():
             (images / source.name).symlink_to(source.resolve())
         torch.save(build(ROWS[key]).state_dict(), ckpt)
-        parser = ConfigParser()
-        parser.read_config(str(INFERENCE_CONFIG))
-        parser.update(
-            {
-                "dataset_dir": str(images),
-                "output_dir": str(output),
-                "ckpt_path": str(ckpt),
-                "onnx_cache_dir": str(Path(tmp) / "onnx"),
-                "image_size": IMAGE_SIZE,
-                "device": "$torch.device('cpu')",
-                **pipeline.overrides,
-            }
-        )
-        evaluator = parser.get_parsed_content("evaluator")  # builds the predictor: the ONNX export, once per checkpoint
-        start = time.perf_counter()
-        evaluator.run()
-        seconds = time.perf_counter() - start
-        report = evaluator.state.report
+        overrides = {"dataset_dir": str(images), "output_dir": str(output), "ckpt_path": str(ckpt)}
+        overrides |= {"onnx_cache_dir": str(Path(tmp) / "onnx"), "image_size": IMAGE_SIZE, **pipeline.overrides}
+        seconds, report = timed_evaluation(inference_parser(overrides))
     failed = [row["path"] for row in report if row["status"] != "ok"]
     if failed:
         raise RuntimeError(f"{len(failed)} image(s) not segmented, e.g. {failed[0]}")
@@ -152,13 +150,13 @@ def stage_profile(threads: int) -> dict[str, float]:
     channels, resize, normalise, the model (one pass, batch 1), the default TTA inferer, inversion and
     post-processing, and the PNG write. Each stage is timed on the previous one's outputs."""
     from bundle.atomic_files import write_png
-    from bundle.tta import TTAInferer
+    from bundle.inference.tta import TTAInferer
 
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory(prefix="profile-") as tmp:
-        parser = ConfigParser()
-        parser.read_config(str(INFERENCE_CONFIG))
-        parser.update({"ckpt_path": str(REPO_ROOT / "models" / "model.pt"), "onnx_cache_dir": str(Path(tmp) / "onnx")})
+        parser = inference_parser(
+            {"ckpt_path": str(REPO_ROOT / "models" / "model.pt"), "onnx_cache_dir": str(Path(tmp) / "onnx")}
+        )
         load, resize, normalize = (
             parser.get_parsed_content(f"{part}_transforms") for part in ("load", "resize", "normalize")
         )

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from .measure import cpu_model, markdown_table
-from .throughput import INFERENCE_CONFIG, KVASIR, REPO_ROOT, kvasir_test_images
+from .throughput import INFERENCE_CONFIG, KVASIR, REPO_ROOT, inference_parser, kvasir_test_images, timed_evaluation
 
 FPS, FRAMES = 25, 75  # the rendered videos: 3 s at 25 frames/s
 SIZES = {"576p": (576, 720), "1080p": (1080, 1920)}  # (H, W): PAL SD (colonoscopy recorders) and full HD
@@ -107,25 +107,8 @@ def decoded_jpgs(video: Path, folder: Path) -> int:
 def run_inference(dataset_dir: Path, output_dir: Path, overrides: dict[str, Any]) -> tuple[float, list[dict]]:
     """(seconds, report rows) of inference.json's evaluator on ``dataset_dir`` with the shipped model, on the CPU;
     the evaluator is built (one-off ONNX export) before the clock starts."""
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(str(INFERENCE_CONFIG))
-    parser.update(
-        {
-            "bundle_root": str(REPO_ROOT),
-            "dataset_dir": str(dataset_dir),
-            "output_dir": str(output_dir),
-            "onnx_cache_dir": str(output_dir.parent / "onnx"),
-            "device": "$torch.device('cpu')",
-            **overrides,
-        }
-    )
-    evaluator = parser.get_parsed_content("evaluator")
-    start = time.perf_counter()
-    evaluator.run()
-    seconds = time.perf_counter() - start
-    return seconds, evaluator.state.report
+    paths = {"dataset_dir": str(dataset_dir), "output_dir": str(output_dir)}
+    return timed_evaluation(inference_parser({**paths, "onnx_cache_dir": str(output_dir.parent / "onnx"), **overrides}))
 
 
 def measure(key: str, inputs: Path) -> dict[str, float]:

@@ -64,7 +64,7 @@ STAGE2_RECIPES: dict[str, tuple[str, dict[str, Any], dict[str, Any], int]] = {
     "c": (
         "(c) MoE only, lr 1e-4, gates initialised by k-means of the gate inputs",
         {},
-        {"+train#handlers": [{"_target_": "bundle.handlers.KMeansGateInit", "seed": "@seed"}]},
+        {"+train#handlers": [{"_target_": "bundle.training.handlers.KMeansGateInit", "seed": "@seed"}]},
         1,
     ),
     "d": ("(d) MoE only, lr 1e-4, plus a shared always-on expert", {}, {"network_def#moe_shared_expert": True}, 1),

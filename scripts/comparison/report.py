@@ -100,7 +100,7 @@ def budget_text(args: argparse.Namespace, test_images: int) -> str:
     if args.minutes:
         stage2 = args.stage2_minutes or args.minutes / 4
         training = (
-            f"Budget: every network {args.minutes:g} wall-clock minutes of training (`bundle.handlers.TimeBudget`: "
+            f"Budget: every network {args.minutes:g} wall-clock minutes of training (`bundle.training.handlers.TimeBudget`: "
             "whole epochs, learning rate on a cosine over the time); LH-UTANet stage-2 rows spend "
             f"{stage2:g} of them in stage 2 on a stage-1 run of {args.minutes - stage2:g} minutes (the stage-1 rows); "
         )

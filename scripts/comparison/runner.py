@@ -26,7 +26,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = REPO_ROOT / "configs"
 METRICS = ("dice", "iou", "precision", "recall", "hd95")
 LATENCY_ITERS = 20
-TIME_BUDGET_EPOCHS = 10_000  # --minutes: the epoch limit no budgeted run reaches (bundle.handlers.TimeBudget ends it)
+TIME_BUDGET_EPOCHS = (
+    10_000  # --minutes: the epoch limit no budgeted run reaches (bundle.training.handlers.TimeBudget ends it)
+)
 
 
 def bundle_command(configs: Sequence[Path], overrides: dict[str, Any]) -> list[str]:
@@ -66,11 +68,13 @@ class Comparison:
             "batch_size": args.batch_size,
             "num_workers": args.num_workers,
         }
-        full_datalist = datalist = "bundle.data.load_datalist(@dataset_dir, @val_fraction, @split_seed)"
+        full_datalist = datalist = "bundle.data.datasets.load_datalist(@dataset_dir, @val_fraction, @split_seed)"
         if args.validation_as_test:
-            datalist = f"bundle.data.validation_as_test({datalist}, @val_fraction, @split_seed)"
+            datalist = f"bundle.data.datasets.validation_as_test({datalist}, @val_fraction, @split_seed)"
         if args.train_images:
-            datalist = f"bundle.data.training_subset({datalist}, {args.train_images}, @val_fraction, @split_seed)"
+            datalist = (
+                f"bundle.data.datasets.training_subset({datalist}, {args.train_images}, @val_fraction, @split_seed)"
+            )
         if datalist != full_datalist:
             self.budget["datalist"] = "$" + datalist
 
@@ -158,7 +162,7 @@ class Comparison:
         if self.args.minutes and not evaluate:
             budget = self.run_dir(key) / "time_budget.json"
             handler = {
-                "_target_": "bundle.handlers.TimeBudget",
+                "_target_": "bundle.training.handlers.TimeBudget",
                 "minutes": self.minutes(key),
                 "optimizer": "@optimizer",
             }
