@@ -16,8 +16,8 @@ HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 
 
 def pages() -> list[Path]:
-    """README.md and every Markdown file under docs/, recursively (generated study folders included)."""
-    return [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").rglob("*.md"))]
+    """README.md, models/README.md and every Markdown file under docs/, recursively (generated study folders too)."""
+    return [REPO_ROOT / "README.md", REPO_ROOT / "models" / "README.md", *sorted((REPO_ROOT / "docs").rglob("*.md"))]
 
 
 def prose_lines(path: Path) -> list[tuple[int, str]]:
