@@ -57,6 +57,7 @@ from scripts.bench.measure import (
     measure_onnx_latency,
 )
 from scripts.bench.peers import IN_CHANNELS
+from scripts.doc_command import relative_command
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 Rounds = dict[tuple[str, str], list[float]]
@@ -259,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for (key, backend), values in rounds.items():
         results[key][metric[backend]] = statistics.median(values)
 
-    command = shlex.join(["python", "scripts/benchmark.py", *argv])
+    command = relative_command(["python", "scripts/benchmark.py"], argv)
     report, failures = format_report(results, rounds, args, command, (load_start, os.getloadavg()[0]))
     print(report)
     if not args.no_write:

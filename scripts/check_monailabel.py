@@ -32,7 +32,6 @@ import argparse
 import json
 import os
 import platform
-import shlex
 import shutil
 import signal
 import socket
@@ -53,6 +52,7 @@ from bundle.atomic_files import atomic_write_text, sha256_of
 from bundle.data.demo import make_demo_dataset
 from PIL import Image
 from scripts.bench.measure import cpu_model, markdown_table
+from scripts.doc_command import relative_command, relative_path
 from scripts.write_large_files import SHIPPED
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -311,7 +311,11 @@ def write_docs(args: argparse.Namespace, command: str, infer_rows: list[list[str
     """The measured figures as a generated Markdown page (``--write-docs``): date, machine and command first."""
     inference = json.loads((REPO_ROOT / "configs" / "inference.json").read_text(encoding="utf-8"))
     version = json.loads((REPO_ROOT / "configs" / "metadata.json").read_text(encoding="utf-8"))["version"]
-    studies = f"the first images of `{args.images}`" if args.images else "synthetic polyps cropped to 256×192 (W×H)"
+    studies = (
+        f"the first images of `{relative_path(args.images)}`"
+        if args.images
+        else "synthetic polyps cropped to 256×192 (W×H)"
+    )
     head = "image|H×W|mask returned|Dice vs label, MONAI Label|direct bundle run|agreement of the masks".split("|")
     lines = [
         "# MONAI Label 0.8.5 check: measured figures",
@@ -397,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"work folder kept: {work}")
     print("MONAI Label check: all passed")
     if args.write_docs:
-        command = shlex.join(["python", "scripts/check_monailabel.py", *(sys.argv[1:] if argv is None else argv)])
+        command = relative_command(["python", "scripts/check_monailabel.py"], sys.argv[1:] if argv is None else argv)
         write_docs(args, command, infer_rows, train)
     return 0
 

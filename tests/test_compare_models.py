@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shlex
 import subprocess
 import sys
 
@@ -65,6 +66,16 @@ def test_csv_has_every_column_filled_for_both_networks(comparison):
     for plot in ("dice_vs_latency.png", "validation_curves.png"):
         assert (root / "out" / plot).read_bytes().startswith(b"\x89PNG")
     assert "| LH-UTANet mobilenetv2 (stage 1 + 2" in (root / "out" / "results.md").read_text()
+
+
+def test_results_md_names_its_command_relative_to_the_repository(comparison):
+    """The fixture passes absolute paths; results.md's command line holds them relative to the repository root."""
+    root, argv = comparison
+    command = (root / "out" / "results.md").read_text().split("Command: `")[1].split("`")[0]
+    words = shlex.split(command)
+    assert words[:2] == ["python", "scripts/compare_models.py"] and len(words) == len(argv) + 2
+    assert not any(word.startswith("/") for word in words)
+    assert (REPO_ROOT / words[words.index("--output") + 1]).resolve() == (root / "out").resolve()
 
 
 def test_validation_curve_of_a_stage2_row_continues_its_stage1_curve(comparison):

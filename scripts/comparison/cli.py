@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -44,6 +43,7 @@ from scripts.comparison.catalogue import CompareRow, build_rows
 from scripts.comparison.recipes import recipe_rows
 from scripts.comparison.report import write_summary
 from scripts.comparison.runner import Comparison
+from scripts.doc_command import relative_command
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -159,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     # costs are measured afresh, all rows together once training is over, so no training run disturbs the latencies
     results = [{**result, **comparison.measure(key)} for key, result in zip(keys, results)]
-    command = shlex.join(["python", "scripts/compare_models.py", *(argv if argv is not None else sys.argv[1:])])
+    command = relative_command(["python", "scripts/compare_models.py"], argv if argv is not None else sys.argv[1:])
     continued = {rows[key].stage1_row for key in keys}  # a stage-2 row's curve already starts with its stage 1
     curves = {
         key: comparison.validation_curve(key)
