@@ -1,4 +1,4 @@
-"""bundle.review_page: thumbnails, the page's embedded data, and the page itself in headless Chromium (rows on the first
+"""bundle.inference.review_page: thumbnails, the page's embedded data, and the page itself in headless Chromium (rows on the first
 page, worst first, the needs-review filter, hostile names, zero successes, 10,000 rows).
 
 ``python -m tests.test_review_page screenshot [PATH]`` redraws docs/figures/review_page.png from synthetic images;
@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from bundle.atomic_files import atomic_write_csv
-from bundle.report import REPORT_FIELDS, PredictionReport
-from bundle.review_page import (
+from bundle.inference.report import REPORT_FIELDS, PredictionReport
+from bundle.inference.review_page import (
     COLUMNS,
     THUMBNAIL_DIR,
     review_page_from_report,

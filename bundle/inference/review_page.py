@@ -31,13 +31,14 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image
 
-from .atomic_files import atomic_write, atomic_write_text
+from ..atomic_files import atomic_write, atomic_write_text
+from .report import REPORT_NAME
 
 logger = logging.getLogger(__name__)
 
-PAGE_NAME, THUMBNAIL_DIR, REPORT_NAME = "review.html", ".review", "predictions.csv"  # bundle.report.REPORT_NAME
+PAGE_NAME, THUMBNAIL_DIR = "review.html", ".review"
 COLUMNS = ("path", "status", "warning", "qc_score", "needs_review", "height", "width", "foreground_fraction")
-COLUMNS += ("components", "mean_foreground_probability", "mask")  # of bundle.report.REPORT_FIELDS
+COLUMNS += ("components", "mean_foreground_probability", "mask")  # of bundle.inference.report.REPORT_FIELDS
 PAGE_ROWS, STRIP_BINS = 200, 400  # grid rows a page; at most this many bins of frames in a video's strip
 OUTLINE, FILL = np.array((0, 255, 0), np.uint8), 0.25  # green as the overlays; opacity of the mask's fill
 Row = Mapping[str, object]
