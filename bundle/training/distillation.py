@@ -17,8 +17,7 @@ from monai.engines.utils import default_prepare_batch
 from torch import nn
 
 from ..errors import SettingError
-from ..networks import LightweightHierarchicalUTANet
-from .checkpoints import SHAPE_SETTINGS, read_network_settings, read_state_dict
+from .checkpoints import network_from_checkpoint, read_network_settings
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +43,7 @@ def load_teacher(path: str | os.PathLike, student_settings: dict[str, object]) -
             f"teacher_ckpt {path} does not match the student: it has {found}, the student's data needs {wanted}; "
             "pass a teacher trained on the same kind of images and masks."
         )
-    teacher = LightweightHierarchicalUTANet(
-        **{key: settings[key] for key in SHAPE_SETTINGS}, top_k=int(settings.get("top_k", 2))
-    )
-    teacher.load_state_dict(read_state_dict(path), strict=True)
-    return teacher.eval().requires_grad_(False)
+    return network_from_checkpoint(path).requires_grad_(False)
 
 
 class DistillationBatch:
