@@ -313,7 +313,8 @@ def test_backend_auto_falls_back_to_torch_when_the_export_cannot_run_a_batch(tmp
 def test_review_page_is_optional_and_written_when_nothing_could_be_segmented(tmp_path):
     ckpt = save_checkpoint(tmp_path / "fg.pt", all_foreground=True)
     images, bad = tmp_path / "images", tmp_path / "bad"
-    images.mkdir(), bad.mkdir()
+    images.mkdir()
+    bad.mkdir()
     Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(images / "a.png")
     (bad / "broken.png").write_bytes(b"not a png")
     settings = {**FAST, "ckpt_path": str(ckpt)}

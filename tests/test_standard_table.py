@@ -1,7 +1,6 @@
 """scripts/standard_table.py: the card's table block is replaced, and only it; rows carry our scores and costs."""
 
 import pytest
-
 from scripts.standard_table import PUBLISHED, replace_block, table
 
 
