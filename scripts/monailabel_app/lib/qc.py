@@ -1,4 +1,4 @@
-"""MONAI Label tasks around the bundle's per-image quality score ``qc_score`` (bundle/quality.py; in [0, 1], higher
+"""MONAI Label tasks around the bundle's per-image quality score ``qc_score`` (docs/quality.md; in [0, 1], higher
 is better): the scoring method that stores it for every unlabeled image, and the strategy that hands out the lowest
 first (:mod:`lib.ordering`)."""
 
