@@ -42,7 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from bundle.atomic_files import atomic_write_text
+from bundle.atomic_files import atomic_write_text, check_output_dir
+from bundle.errors import run_script
 from scripts.bench import architecture, latency, throughput, video
 from scripts.bench.measure import (
     NOISY_SPREAD,
@@ -236,6 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.worker:
         print(json.dumps({"key": args.worker, "value": measure(args.suite, args.worker, args.backend, args)}))
         return 0
+    if not args.no_write:  # before minutes of measurement, not after
+        check_output_dir(args.output.parent, option="--output")
     if args.suite == "video":
         return video.run_suite(args, argv)
     if args.suite == "throughput" and not throughput.KVASIR.is_dir():
@@ -276,4 +279,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -56,6 +56,7 @@ import numpy as np
 import tifffile
 from bundle.atomic_files import atomic_write_text, sha256_of
 from bundle.data.demo import make_demo_dataset
+from bundle.errors import run_script
 from PIL import Image
 from scripts.bench.measure import cpu_model, markdown_table
 from scripts.doc_command import relative_command, relative_path
@@ -373,4 +374,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

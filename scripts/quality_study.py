@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 from bundle.atomic_files import atomic_write_json, atomic_write_text
+from bundle.errors import run_script
 from bundle.inference.quality import FEATURES, MODEL_PATH
 from scipy.stats import rankdata, spearmanr
 from scripts.doc_command import relative_command
@@ -240,4 +241,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -9,10 +9,12 @@ import math
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from bundle.data.datasets import load_datalist
 from ignite.engine import Events
 from scripts.comparison import catalogue, cli, domains, report, runner, training_logs
 
@@ -36,9 +38,18 @@ def make_half_images_dataset(folder, count: int = 48, shape: tuple[int, int] = (
 
 @pytest.fixture(scope="module")
 def comparison(tmp_path_factory):
+    """The comparison of two rows, given its data as a datalist file outside the data folder (``--dataset_dir``
+    takes one): the splits that discovery gives the folder, paths relative to the file."""
     root = tmp_path_factory.mktemp("compare")
     data = make_half_images_dataset(root / "data")
-    argv = ["--dataset_dir", str(data), "--work_dir", str(root / "runs"), "--output", str(root / "out")]
+    datalist = root / "lists" / "datalist.json"
+    datalist.parent.mkdir()
+    splits = {
+        key: [{k: f"../data/{Path(path).relative_to(data).as_posix()}" for k, path in pair.items()} for pair in pairs]
+        for key, pairs in load_datalist(data).items()
+    }
+    datalist.write_text(json.dumps(splits))
+    argv = ["--dataset_dir", str(datalist), "--work_dir", str(root / "runs"), "--output", str(root / "out")]
     argv += ["--rows", "lh-mobilenetv2-moe,unet", "--image_size", "64", "--epochs", "1", "--stage2_epochs", "1"]
     argv += ["--batch_size", "2", "--num_workers", "0", "--threads", "1"]
     assert cli.main(argv) == 0
@@ -281,3 +292,9 @@ def test_entry_point_keeps_the_command_line():
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: compare_models.py [-h] --dataset_dir DATASET_DIR --work_dir WORK_DIR")
     assert "Rows (``--rows``, default all):" in result.stdout and "--train_only" in result.stdout
+
+
+def test_a_datalist_file_is_named_after_its_folder(comparison):
+    """The fixture's ``--dataset_dir`` is a datalist file outside the data: results.md names its folder."""
+    root, _ = comparison
+    assert (root / "out" / "results.md").read_text().startswith("# Model comparison on `lists`")

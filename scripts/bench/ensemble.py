@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bundle.errors import MissingFileError, run_script
 from monai.bundle import ConfigParser
 from PIL import Image
 from scripts.doc_command import relative_command
@@ -130,8 +131,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     checkpoints = args.ckpt or ["models/model.pt", "models/stage1/model.pt"]
     if len(checkpoints) < 2:
         parser.error("an ensemble needs two --ckpt or more")
+    missing = [path for path in checkpoints if not Path(path).is_file()]
+    if missing:
+        raise MissingFileError(f"checkpoint(s) not found: {', '.join(missing)}; pass --ckpt FILE")
     return publish(report(checkpoints), DOC, not args.no_write)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bundle.errors import MissingFileError, run_script
 from PIL import Image
 from scripts.doc_command import relative_command
 
@@ -279,12 +280,22 @@ frames released at the source's pace, older waiting frames dropped. Folder path:
 {smoothing}"""
 
 
-if __name__ == "__main__":
+def worker_main(argv: list[str]) -> int:
+    """One measurement (``--worker KEY --input DIR``), printed as one JSON line."""
     parser = argparse.ArgumentParser(description="one measurement of the video suite (scripts/benchmark.py)")
     parser.add_argument("--worker", choices=[key for key in ROWS if key != "clinicdb"], required=True)
     parser.add_argument("--input", type=Path, required=True)
-    options = parser.parse_args()
+    options = parser.parse_args(argv)
+    if not options.input.is_dir():
+        raise MissingFileError(
+            f"--input folder not found: {options.input}; scripts/benchmark.py --suite video makes it"
+        )
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     print(json.dumps(measure(options.worker, options.input)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_script(worker_main))

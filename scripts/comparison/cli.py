@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from bundle.data.datasets import dataset_location
 from scripts.bench.peers import LH_ENCODERS
 from scripts.comparison.catalogue import CompareRow, build_rows
 from scripts.comparison.recipes import recipe_rows
@@ -50,7 +51,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command line; ``argv`` None reads ``sys.argv``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--dataset_dir", required=True, help="dataset folder (bundle layout: images/, masks/, split file)"
+        "--dataset_dir", required=True, help="dataset folder (bundle layout: images/, masks/, split file) or datalist"
     )
     parser.add_argument(
         "--work_dir", required=True, help="folder for the run folders (checkpoints, logs, cached results)"
@@ -141,6 +142,7 @@ def apply_plan(args: argparse.Namespace, rows: dict[str, CompareRow]) -> dict[st
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the chosen rows (cached ones are reused), then measure their costs and write the summary; exit code 0."""
     args = parse_args(argv)
+    dataset_location(args.dataset_dir)  # a missing dataset fails here, in one line, before any row trains
     ablations, study = ([e for e in value.split(",") if e] for value in (args.ablations, args.study))
     unknown = sorted(set(ablations + study) - set(LH_ENCODERS))
     if unknown:
