@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from bundle.errors import MissingFileError, run_script
 from bundle.training.checkpoints import network_from_checkpoint
 from scripts.bench.measure import cpu_model, measure_cost, measure_onnx_latency
 from scripts.doc_command import relative_command
@@ -104,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     data, work_dir = Path(args.data), Path(args.work_dir)
     for name, ckpt in models.items():
         if not Path(ckpt).is_file():
-            raise FileNotFoundError(f"--model {name}={ckpt}: no such checkpoint")
+            raise MissingFileError(f"checkpoint not found: {ckpt} (--model {name}={ckpt}); pass a trained model.pt.")
     ours = {
         name: {s: evaluate(name, Path(ckpt), data / f, work_dir) for s, f in SETS.items()}
         for name, ckpt in models.items()
@@ -125,4 +126,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -68,6 +68,7 @@ def script_cases(tmp_path):
         ("compare_masks", "scripts/compare_masks.py", [str(missing), str(missing)], missing),
         ("expert_usage", "scripts/expert_usage.py", ["--ckpt", ckpt, "--dataset_dir", str(missing)], missing),
         ("write_large_files", "scripts/write_large_files.py", ["--bundle-root", str(missing)], missing),
+        ("standard_table", "scripts/standard_table.py", ["--model", f"x={ckpt}", "--work_dir", out], ckpt),
         ("bench ensemble", "-m scripts.bench.ensemble", ["--ckpt", ckpt, "--ckpt", ckpt, "--no-write"], ckpt),
         ("bench video worker", "-m scripts.bench.video", ["--worker", "576p-notta", "--input", str(missing)], missing),
     ]  # fmt: skip
