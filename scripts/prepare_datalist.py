@@ -20,6 +20,11 @@ from bundle.data.datasets import find_image_mask_pairs, load_datalist
 from bundle.data.splits import split_pairs
 from bundle.errors import run_script
 
+TEST_FROM_HELP = (
+    "cross-centre validation: test on OTHER_DIR's training + validation pairs (its own test split and DIR's test "
+    "images stay unused)"
+)
+
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -27,12 +32,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--test-names", metavar="FILE", help="text file, one image name per line, for the test split")
     parser.add_argument("--val-fraction", type=float, default=0.2, help="fraction of the non-test pairs for validation")
     parser.add_argument("--seed", type=int, default=0, help="seed of the train/validation shuffle")
-    parser.add_argument(
-        "--test-from",
-        metavar="OTHER_DIR",
-        help="cross-centre validation: test on OTHER_DIR's training + validation pairs (its own test split and "
-        "DIR's test images stay unused)",
-    )
+    parser.add_argument("--test-from", metavar="OTHER_DIR", help=TEST_FROM_HELP)
     parser.add_argument("--output", metavar="PATH", help="output file (default: DIR/datalist.json)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     return parser.parse_args(argv)
