@@ -30,9 +30,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from bundle.atomic_files import atomic_write_json
 from bundle.data.configuration_search import CANDIDATE_IDS, choose_configuration, search_section
 from bundle.data.folds import DEFAULT_NUM_FOLDS
