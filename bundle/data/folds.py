@@ -15,14 +15,19 @@ from .splits import VALIDATION_BLOCKS, Pair, frame_numbers, pair_key
 DEFAULT_NUM_FOLDS = 5  # nnU-Net's
 
 
+def _integer(value: int | str, name: str) -> int:
+    """An integer id (``"2"`` from the command line too); SettingError naming ``--name`` otherwise."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise SettingError(f"{name} must be an integer, got --{name} {value!r}.") from None
+
+
 def parse_fold(fold: int | str | None) -> int | None:
     """``fold`` as a non-negative int, or None (no folds); ``"2"`` and ``"null"`` from the command line too."""
     if fold is None or (isinstance(fold, str) and fold.strip().lower() in ("", "none", "null")):
         return None
-    try:
-        index = int(fold)
-    except (TypeError, ValueError):
-        raise SettingError(f"fold must be an integer (or null for no folds), got --fold {fold!r}.") from None
+    index = _integer(fold, "fold")
     if index < 0:
         raise SettingError(f"fold must be 0 or more, got --fold {fold!r}.")
     return index
@@ -34,10 +39,7 @@ def fold_index(fold: int | str | None, num_folds: int | str) -> int | None:
     index = parse_fold(fold)
     if index is None:
         return None
-    try:
-        num_folds = int(num_folds)
-    except (TypeError, ValueError):
-        raise SettingError(f"num_folds must be an integer, got --num_folds {num_folds!r}.") from None
+    num_folds = _integer(num_folds, "num_folds")
     if num_folds < 2:
         raise SettingError(f"num_folds must be at least 2, got {num_folds}; or leave --fold out for no folds.")
     if index >= num_folds:
