@@ -102,9 +102,9 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def check_output_dir(path: str | os.PathLike, needed_bytes: int = 0) -> None:
+def check_output_dir(path: str | os.PathLike, needed_bytes: int = 0, option: str = "--output_dir") -> None:
     """Fail before any work unless folder ``path`` can be created and written (a probe file is created and removed)
-    and its file system has ``needed_bytes`` free; OutputError names the folder and the fix."""
+    and its file system has ``needed_bytes`` free; OutputError names the folder and the fix (another ``option``)."""
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -113,12 +113,10 @@ def check_output_dir(path: str | os.PathLike, needed_bytes: int = 0) -> None:
         os.unlink(probe)
     except OSError as error:
         reason = error.strerror or type(error).__name__
-        raise OutputError(
-            f"cannot write to the output folder {path} ({reason}); choose another --output_dir."
-        ) from error
+        raise OutputError(f"cannot write to the output folder {path} ({reason}); choose another {option}.") from error
     free = shutil.disk_usage(path).free
     if free < needed_bytes:
         raise OutputError(
             f"the output folder {path} has {free / 2**20:.1f} MiB free, the outputs need about "
-            f"{needed_bytes / 2**20:.1f} MiB; free some space or choose another --output_dir."
+            f"{needed_bytes / 2**20:.1f} MiB; free some space or choose another {option}."
         )

@@ -42,7 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from bundle.atomic_files import atomic_write_text
+from bundle.atomic_files import atomic_write_text, check_output_dir
+from bundle.errors import run_script
 from scripts.bench import architecture, latency, throughput, video
 from scripts.bench.measure import (
     NOISY_SPREAD,
@@ -57,6 +58,7 @@ from scripts.bench.measure import (
     measure_onnx_latency,
 )
 from scripts.bench.peers import IN_CHANNELS
+from scripts.doc_command import relative_command
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 Rounds = dict[tuple[str, str], list[float]]
@@ -235,6 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.worker:
         print(json.dumps({"key": args.worker, "value": measure(args.suite, args.worker, args.backend, args)}))
         return 0
+    if not args.no_write:  # before minutes of measurement, not after
+        check_output_dir(args.output.parent, option="--output")
     if args.suite == "video":
         return video.run_suite(args, argv)
     if args.suite == "throughput" and not throughput.KVASIR.is_dir():
@@ -259,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for (key, backend), values in rounds.items():
         results[key][metric[backend]] = statistics.median(values)
 
-    command = shlex.join(["python", "scripts/benchmark.py", *argv])
+    command = relative_command(["python", "scripts/benchmark.py"], argv)
     report, failures = format_report(results, rounds, args, command, (load_start, os.getloadavg()[0]))
     print(report)
     if not args.no_write:
@@ -275,4 +279,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -1,27 +1,37 @@
-"""Check the bundle inside a real MONAI Label 0.8.5 server (the ``monaibundle`` sample app), offline, in one command.
+"""Check the bundle inside a real MONAI Label 0.8.5 server, offline, in one command: the bundle's app
+(``scripts/monailabel_app``: the ``monaibundle`` sample app plus the scoring method ``qc_score`` and the strategy
+``worst_qc_first``) with inference, training and the active-learning loop.
 
 1. A side virtual environment (``--venv``, built once, reused while its specification is unchanged): torch 2.13.0
    first, this bundle's requirements.txt, ``monailabel==0.8.5 --no-deps``, then its declared dependencies
    except torchvision and sam2, with pydicom 2.4.4, dicomweb-client 0.59.1, pynetdicom<3,
    and the bundle's pins as constraints (pydicom-seg and numpymaxflow, which declare numpy<2, go in without
-   dependencies; this check never calls them).
+   dependencies; this check never calls them). Code: ``scripts/monailabel_checks/server.py``.
 2. A torchvision stand-in, in this check only (``scripts/torchvision_stand_in.py`` as ``torchvision.utils`` on the
    server's PYTHONPATH): the registry's torchvision is a CUDA build that fails under the CPU torch, and MONAI Label
    imports ``make_grid`` and ``save_image`` at start-up for code this bundle never calls; they raise if called.
-3. ``monailabel apps --download --name monaibundle`` (offline: the app ships with the package), and the bundle
-   zip of ``scripts/package_bundle.py --include-weights`` unpacked into ``app/model/lh_utanet``.
-4. A studies folder of non-square images (JPG, PNG, TIFF) with labels in ``labels/final``: synthetic polyps, or
-   the first images of ``--images DIR`` (``images/`` + ``masks/``, e.g. Kvasir-SEG).
-5. ``configs/inference.json`` run directly on the studies (the reference masks).
-6. ``monailabel start_server`` on 127.0.0.1; ``GET /info/``; ``POST /infer/lh_utanet`` per image format: a 2D
-   uint8 mask at the image's H×W, Dice against the label within ``--dice_tolerance`` of the direct run's, and a
-   ``qc_score`` in the JSON result; ``POST /train/lh_utanet``, 1 epoch from the shipped weights: a new checkpoint
-   under ``models/monailabel/``, the shipped weights (sha256) unchanged in the app and here. The server is stopped
-   by its process group id, whatever happens.
-7. With ``--write-docs FILE``, once every check passed: the measured figures as Markdown (date, machine, command).
+3. The bundle zip of ``scripts/package_bundle.py --include-weights`` unpacked into ``app/model/lh_utanet``, and the
+   app's files (``main.py``, ``lib/``) copied from the zip's ``scripts/monailabel_app`` into ``app/``.
+4. A studies folder of non-square images (JPG, PNG, TIFF) with labels in ``labels/final``, and a pool of unlabeled
+   ones: synthetic polyps (the pool's made harder), or the first images of ``--images DIR`` (``images/`` +
+   ``masks/``, e.g. Kvasir-SEG).
+5. ``configs/inference.json`` run directly on all of them (the reference masks, and ``qc_score`` of its
+   predictions.csv).
+6. ``monailabel start_server`` on 127.0.0.1; ``GET /info/`` (the model, trainer, scoring method and strategy);
+   ``POST /infer/lh_utanet`` per image format: a 2D uint8 mask at the image's H×W, Dice against the label within
+   ``--dice_tolerance`` of the direct run's, and a ``qc_score`` in the JSON result.
+7. Active learning (``scripts/monailabel_checks/active_learning.py``): ``POST /scoring/qc_score`` stores each pool
+   image's ``qc_score``, within ``--qc_tolerance`` of the direct run's; ``POST /activelearning/worst_qc_first`` once,
+   the label of the image it names saved (``PUT /datastore/label``), then once per remaining image: the images in
+   ascending ``qc_score`` (the stored and the direct run's order), the labelled one never again.
+8. ``POST /train/lh_utanet``, 1 epoch from the shipped weights: a new checkpoint under ``models/monailabel/``, the
+   shipped weights (sha256) unchanged in the app and here. Then that checkpoint served (the app's copy of
+   ``models/model.pt``): ``/scoring/qc_score`` re-scores every unlabeled image and ``worst_qc_first`` follows the
+   new scores. The server is stopped by its process group id (its task processes with it), whatever happens.
+9. With ``--write-docs FILE``, once every check passed: the measured figures as Markdown (date, machine, command).
 
-Usage (from the repository root; about 4 minutes to build the environment the first time, then about 2; exit code
-0 when every check passes, 1 otherwise; each check prints one line):
+Usage (from the repository root; about 4 minutes to build the environment the first time; exit code 0 when every
+check passes, 1 otherwise; each check prints one line):
     python scripts/check_monailabel.py [--images ../shared/data/kvasir-seg] [--venv .venv-monailabel] [--keep]
     python scripts/check_monailabel.py --write-docs docs/monailabel_check.md
 """
@@ -29,20 +39,15 @@ Usage (from the repository root; about 4 minutes to build the environment the fi
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
-import shlex
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,69 +56,32 @@ import numpy as np
 import tifffile
 from bundle.atomic_files import atomic_write_text, sha256_of
 from bundle.data.demo import make_demo_dataset
+from bundle.errors import run_script
 from PIL import Image
 from scripts.bench.measure import cpu_model, markdown_table
+from scripts.doc_command import relative_command, relative_path
+from scripts.monailabel_checks.active_learning import (
+    SCORING,
+    STRATEGY,
+    check_next_samples,
+    check_rescore,
+    check_scoring,
+    make_pool,
+)
+from scripts.monailabel_checks.server import (
+    BUNDLE_NAME,
+    REPO_ROOT,
+    CheckError,
+    Server,
+    build_venv,
+    repo_env,
+    run,
+    torchvision_stand_in,
+)
 from scripts.write_large_files import SHIPPED
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-MONAI_LABEL = "monailabel==0.8.5"
-# monailabel 0.8.5's declared dependencies (its wheel's METADATA) minus torchvision and sam2, with the pins it needs
-# here, plus pydicom-seg's SimpleITK; installed under requirements.txt as constraints, so that torch, monai and numpy
-# stay the bundle's
-MONAI_LABEL_DEPENDENCIES = """
-monai[fire,gdown,ignite,itk,lmdb,mlflow,nibabel,openslide,pillow,psutil,skimage,tensorboard,tqdm]
-uvicorn>=0.29.0 pydantic>=2.7.0 pydantic-settings>=2.2.1 python-dotenv>=1.0.1 fastapi>=0.110.2
-python-multipart>=0.0.9 httpx>=0.27.0 schedule>=1.2.1 dicomweb-client[gcp]==0.59.1 timeloop>=1.0.2
-expiringdict>=1.2.2 expiring_dict>=1.1.0 cachetools>=5.3.3 watchdog>=4.0.0 pydicom==2.4.4 pynetdicom>=2.0.2,<3
-pynrrd>=1.0.0 girder-client>=3.2.3 ninja>=1.11.1.1 einops>=0.7.0 pyyaml>=6.0.1 filelock>=3.11.0 passlib>=1.7.4
-pyjwt>=2.8.0 bcrypt>=4.1.2 shapely>=2.0.4 requests>=2.31.0 requests-toolbelt>=1.0.0 urllib3>=2.2.1
-scikit-learn scipy google-auth>=2.29.0 SimpleITK
-""".split()
-NUMPY_LT2_DEPENDENCIES = ("pydicom-seg>=0.4.1", "numpymaxflow>=0.0.7")  # declare numpy<2: installed --no-deps
-TORCHVISION_STAND_IN = REPO_ROOT / "scripts" / "torchvision_stand_in.py"  # becomes torchvision/utils.py
-BUNDLE_NAME = "lh_utanet"
 STUDY_FORMATS = (".jpg", ".png", ".tif", ".jpg", ".png")  # /infer is checked on the first of each format
-
-
-class CheckError(Exception):
-    """A check did not pass; the message says which and by how much."""
-
-
-def run(command: Sequence[str], **kwargs) -> subprocess.CompletedProcess:
-    """Run ``command``; CheckError with the end of its output when it fails."""
-    result = subprocess.run(command, capture_output=True, text=True, check=False, **kwargs)
-    if result.returncode != 0:
-        raise CheckError(f"{' '.join(command[:6])} ... failed:\n{(result.stdout + result.stderr)[-3000:]}")
-    return result
-
-
-def venv_spec() -> str:
-    requirements = (REPO_ROOT / "requirements.txt").read_text(encoding="utf-8")
-    return json.dumps([MONAI_LABEL, MONAI_LABEL_DEPENDENCIES, NUMPY_LT2_DEPENDENCIES, requirements])
-
-
-def build_venv(venv: Path) -> Path:
-    """The side environment's python, built unless ``venv`` already holds one of the same specification."""
-    python, marker = venv / "bin" / "python", venv / "lh_utanet_spec.json"
-    if python.is_file() and marker.is_file() and marker.read_text(encoding="utf-8") == venv_spec():
-        print(f"environment: reusing {venv}")
-        return python
-    print(f"environment: building {venv} (torch first, then the bundle's requirements, then MONAI Label)", flush=True)
-    run([sys.executable, "-m", "venv", "--clear", str(venv)])
-    pip = [str(python), "-m", "pip", "install", "--quiet"]
-    run([*pip, "torch==2.13.0"])
-    run([*pip, "-r", str(REPO_ROOT / "requirements.txt")])
-    run([*pip, "--no-deps", MONAI_LABEL, *NUMPY_LT2_DEPENDENCIES])
-    run([*pip, "-c", str(REPO_ROOT / "requirements.txt"), *MONAI_LABEL_DEPENDENCIES])
-    marker.write_text(venv_spec(), encoding="utf-8")
-    return python
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+APP = REPO_ROOT / "scripts" / "monailabel_app"  # the app: main.py and lib/, beside the bundle in model/lh_utanet
 
 
 def make_studies(folder: Path, images_dir: str | None, work: Path) -> dict[str, Path]:
@@ -166,66 +134,21 @@ def shipped_hashes(root: Path) -> dict[str, str]:
     return {name: sha256_of(root / name) for name in SHIPPED if (root / name).is_file()}
 
 
-class Server:
-    """``monailabel start_server`` in its own process group, stopped by that group's id."""
-
-    def __init__(self, python: Path, app: Path, studies: Path, stubs: Path, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(stubs), str(app.parent)]), "OMP_NUM_THREADS": "2"}
-        command = [
-            str(python), "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(studies),
-            "--conf", "models", BUNDLE_NAME, "--conf", "zoo_source", "local", "--conf", "sam2", "false",
-            "--host", "127.0.0.1", "--port", str(self.port),
-        ]  # fmt: skip
-        self.log = log
-        self.process = subprocess.Popen(
-            command, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-        print(f"server: pid {self.process.pid} on {self.url}, log {log}", flush=True)
-
-    def request(self, method: str, path: str, timeout: float = 60, **kwargs) -> bytes:
-        request = urllib.request.Request(self.url + path, method=method, **kwargs)
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.read()
-
-    def wait_until_up(self, timeout: float = 300) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise CheckError(f"the server exited with {self.process.returncode}; log:\n{self.tail()}")
-            try:
-                return json.loads(self.request("GET", "/info/", timeout=5))
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                time.sleep(2)
-        raise CheckError(f"the server did not answer /info/ within {timeout:.0f} s; log:\n{self.tail()}")
-
-    def tail(self) -> str:
-        return self.log.read_text(encoding="utf-8", errors="replace")[-4000:]
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        print(f"server: stopped (pid {self.process.pid}, exit {self.process.returncode})")
-
-
-def direct_masks(studies: dict[str, Path], work: Path) -> dict[str, np.ndarray]:
-    """``configs/inference.json`` on a copy of the study images, as a user runs it: {study id: (H, W) mask}."""
+def direct_run(images: dict[str, Path], work: Path) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """``configs/inference.json`` on a copy of ``images``, as a user runs it: {id: (H, W) mask}, and {id: qc_score}
+    from its predictions.csv."""
     folder, out = work / "direct_in", work / "direct_out"
     folder.mkdir()
-    for path in studies.values():
+    for path in images.values():
         shutil.copy(path, folder / path.name)
     command = [
         sys.executable, "-m", "monai.bundle", "run", "--config_file", str(REPO_ROOT / "configs" / "inference.json"),
         "--bundle_root", str(REPO_ROOT), "--dataset_dir", str(folder), "--output_dir", str(out),
     ]  # fmt: skip
-    run(command, cwd=REPO_ROOT)
-    return {study: read_mask(out / f"{study}_mask.png") for study in studies}
+    run(command, cwd=REPO_ROOT, env=repo_env())
+    with open(out / "predictions.csv", newline="", encoding="utf-8") as report:
+        scores = {Path(row["path"]).stem: float(row["qc_score"]) for row in csv.DictReader(report)}
+    return {image: read_mask(out / f"{image}_mask.png") for image in images}, scores
 
 
 def infer(server: Server, study: str, result: Path | None, **params: object) -> Path | dict:
@@ -282,9 +205,11 @@ def check_infer(
     return rows
 
 
-def check_train(server: Server, bundle: Path, repo_hashes: dict[str, str], app_hashes: dict[str, str]) -> str:
+def check_train(
+    server: Server, bundle: Path, repo_hashes: dict[str, str], app_hashes: dict[str, str]
+) -> tuple[str, Path]:
     """/train for 1 epoch from the shipped weights: a new checkpoint under models/monailabel/, shipped files as they
-    were. Returns a sentence with the training time and the checkpoint written."""
+    were. Returns a sentence with the training time and the checkpoint written, and that checkpoint."""
     params = {"max_epochs": 1, "val_split": 0.4, "device": "cpu", "multi_gpu": False, "pretrained": True}
     start = time.monotonic()
     body, headers = json.dumps(params).encode(), {"Content-Type": "application/json"}
@@ -304,45 +229,93 @@ def check_train(server: Server, bundle: Path, repo_hashes: dict[str, str], app_h
     return (
         f"`/train`, 1 epoch from the shipped weights: {seconds:.0f} s; new checkpoint "
         f"`{trained[-1].relative_to(bundle)}`; the shipped weights kept their sha256 (repository: {repo}; app: {app})."
+    ), trained[-1]
+
+
+def active_learning_lines(args: argparse.Namespace, figures: dict) -> tuple[list[str], str]:
+    """The scoring and next-sample figures (``--write-docs``): a sentence and a table of the pool, and the sentence
+    on the re-scoring after the training."""
+    scoring, sequence, direct, rescore = figures["scoring"], figures["sequence"], figures["direct"], figures["rescore"]
+    pool = (
+        f"the next images of `{args.images}`"
+        if args.images
+        else "synthetic polyps: as is, blurred, noisy, faded, dark, glared"
+    )
+    rows = [
+        [image, f"{scoring['scores'][image]:.6f}", f"{direct[image]:.6f}", str(rank)]
+        + [f"{rescore['scores'][image]:.6f}" if image in rescore["scores"] else "labelled"]
+        for rank, image in enumerate(sequence, 1)
+    ]
+    head = ["unlabeled image", "stored `qc_score`", "`qc_score` of the direct run", "handed out", "after the training"]
+    summary = scoring["summary"]
+    first = rescore["first"]
+    return [
+        f"Active learning, on {len(sequence)} unlabeled images ({pool}): MONAI Label's automatic scoring at start-up "
+        f"stored `{SCORING}` for {scoring['at_start']}; then `POST /scoring/{SCORING}` (`run_sync`) scored "
+        f"{summary['scored']} and skipped {summary['skipped']} (already scored with the served weights) in "
+        f"{scoring['seconds']:.1f} s. The stored scores differ from the direct run's (`predictions.csv`) by at most "
+        f"{scoring['largest']:.2g} (allowed: {args.qc_tolerance:g}). `POST /activelearning/{STRATEGY}` handed the "
+        "images out in this order, the first one's label saved before the next call:",
+        markdown_table(head, rows),
+    ], (
+        f"After the training, its checkpoint served as `models/model.pt` (the app's copy): `POST /scoring/{SCORING}` "
+        f"re-scored the {rescore['summary']['scored']} unlabeled images in {rescore['summary']['latency']:.1f} s "
+        f"(new weights, so none skipped; last column above), and `{STRATEGY}` named `{first}`, the lowest new score."
     )
 
 
-def write_docs(args: argparse.Namespace, command: str, infer_rows: list[list[str]], train: str) -> None:
+def write_docs(args: argparse.Namespace, command: str, infer_rows: list[list[str]], train: str, figures: dict) -> None:
     """The measured figures as a generated Markdown page (``--write-docs``): date, machine and command first."""
     inference = json.loads((REPO_ROOT / "configs" / "inference.json").read_text(encoding="utf-8"))
     version = json.loads((REPO_ROOT / "configs" / "metadata.json").read_text(encoding="utf-8"))["version"]
-    studies = f"the first images of `{args.images}`" if args.images else "synthetic polyps cropped to 256×192 (W×H)"
+    active_learning = active_learning_lines(args, figures)
+    studies = (
+        f"the first images of `{relative_path(args.images)}`"
+        if args.images
+        else "synthetic polyps cropped to 256×192 (W×H)"
+    )
     head = "image|H×W|mask returned|Dice vs label, MONAI Label|direct bundle run|agreement of the masks".split("|")
     lines = [
         "# MONAI Label 0.8.5 check: measured figures",
         f"Generated on {time.strftime('%Y-%m-%d')} on {cpu_model()} ({os.cpu_count()} cores, "
         f"{platform.machine()}) by `{command}`; do not edit, run the command again.",
-        f"Bundle {version}; studies: {studies}. Each mask is MONAI Label's `POST /infer/{BUNDLE_NAME}` answer (default "
-        f"writer); the direct run is `configs/inference.json` as configured (backend `{inference['backend']}`, tta "
-        f"`{inference['tta']}`). Dice is against the label; the two runs' Dice may differ by at most {args.dice_tolerance:g}.",
+        f"Bundle {version}, served by its app `scripts/monailabel_app` (the `monaibundle` sample app plus the scoring "
+        f"method and strategy); studies: {studies}. Each mask is MONAI Label's `POST /infer/{BUNDLE_NAME}` answer "
+        f"(default writer); the direct run is `configs/inference.json` as configured (backend `{inference['backend']}`, "
+        f"tta `{inference['tta']}`). Dice is against the label; the two runs' Dice may differ by at most "
+        f"{args.dice_tolerance:g}.",
         markdown_table(head, infer_rows),
+        *active_learning[0],
         train,
+        active_learning[1],
         "All checks passed.",
     ]
     atomic_write_text(args.write_docs, "\n\n".join(lines) + "\n")
     print(f"figures written to {args.write_docs}")
 
 
-def install_bundle(app: Path, work: Path) -> Path:
-    """The bundle zip with weights (scripts/package_bundle.py), unpacked into the app's model folder."""
+def install_app(app: Path, work: Path) -> Path:
+    """The bundle zip with weights (scripts/package_bundle.py) unpacked into ``app/model``, and the app's files
+    (``main.py``, ``lib/``) taken from the unpacked bundle, as docs/monailabel.md sets it up. Returns the bundle."""
     archive = work / "bundle.zip"
-    run(
-        [
-            sys.executable,
-            str(REPO_ROOT / "scripts" / "package_bundle.py"),
-            "--include-weights",
-            "--output",
-            str(archive),
-        ]
-    )
+    run([sys.executable, str(REPO_ROOT / "scripts" / "package_bundle.py"), "--include-weights", "--output", str(archive)],
+        env=repo_env())  # fmt: skip
     with zipfile.ZipFile(archive) as zipped:
         zipped.extractall(app / "model")
-    return app / "model" / BUNDLE_NAME
+    bundle = app / "model" / BUNDLE_NAME
+    shutil.copytree(bundle / APP.relative_to(REPO_ROOT), app, dirs_exist_ok=True)
+    return bundle
+
+
+def check_info(info: dict) -> None:
+    model_info = info.get("models", {}).get(BUNDLE_NAME)
+    models, trainers = sorted(info.get("models", {})), sorted(info.get("trainers", {}))
+    scoring, strategies = sorted(info.get("scoring", {})), sorted(info.get("strategies", {}))
+    print(f"info: models {models}, trainers {trainers}, scoring {scoring}, strategies {strategies}; {model_info}")
+    if not model_info or BUNDLE_NAME not in trainers:
+        raise CheckError(f"/info/ lists no {BUNDLE_NAME} model and trainer")
+    if SCORING not in scoring or STRATEGY not in strategies:
+        raise CheckError(f"/info/ lists no scoring method {SCORING} and strategy {STRATEGY}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -351,6 +324,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--images", help="images/ + masks/ folder to take the studies from (default: synthetic)")
     parser.add_argument("--work_dir", help="folder for the app, studies and outputs (default: a temporary one)")
     parser.add_argument("--dice_tolerance", type=float, default=0.001)
+    parser.add_argument(
+        "--qc_tolerance", type=float, default=0.001, help="allowed qc_score difference to the direct run"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--write-docs", metavar="FILE", help="once all checks pass, write the figures as Markdown here")
     args = parser.parse_args(argv)
@@ -362,29 +338,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     server = None
     try:
         python = build_venv(Path(args.venv).resolve())
-        stubs = work / "stubs" / "torchvision"
-        stubs.mkdir(parents=True)
-        (stubs / "__init__.py").write_text("", encoding="utf-8")
-        shutil.copy(TORCHVISION_STAND_IN, stubs / "utils.py")
-        apps = work / "apps"
-        run(
-            [str(python), "-m", "monailabel.main", "apps", "--download", "--name", "monaibundle", "--output", str(apps)]
-        )
-        app = apps / "monaibundle"
-        bundle = install_bundle(app, work)
+        app = work / "apps" / "lh_utanet_app"
+        bundle = install_app(app, work)
         studies_dir = work / "studies"
         studies = make_studies(studies_dir, args.images, work)
-        direct = direct_masks(studies, work)
+        pool = make_pool(studies_dir, args.images, len(studies), work)
+        direct, direct_scores = direct_run({**studies, **pool}, work)
         repo_hashes, app_hashes = shipped_hashes(REPO_ROOT), shipped_hashes(bundle)
-        server = Server(python, app, studies_dir, work / "stubs", work / "server.log")
-        info = server.wait_until_up()
-        model_info = info.get("models", {}).get(BUNDLE_NAME)
-        models, trainers = sorted(info.get("models", {})), sorted(info.get("trainers", {}))
-        print(f"info: models {models}, trainers {trainers}; {BUNDLE_NAME}: {model_info}")
-        if not model_info or BUNDLE_NAME not in trainers:
-            raise CheckError(f"/info/ lists no {BUNDLE_NAME} model and trainer")
+        server = Server(python, app, studies_dir, torchvision_stand_in(work / "stubs"), work / "server.log")
+        check_info(server.wait_until_up())
         infer_rows = check_infer(server, studies, studies_dir / "labels" / "final", direct, args.dice_tolerance, work)
-        train = check_train(server, bundle, repo_hashes, app_hashes)
+        scoring = check_scoring(server, pool, direct_scores, args.qc_tolerance)
+        masks = {image: direct[image].astype(np.uint8) for image in pool}
+        sequence = check_next_samples(server, scoring["scores"], direct_scores, args.qc_tolerance, masks)
+        train, trained = check_train(server, bundle, repo_hashes, app_hashes)
+        rescore = check_rescore(server, bundle, trained, sequence[1:])
+        if shipped_hashes(REPO_ROOT) != repo_hashes:
+            raise CheckError("the shipped weights in the repository changed")
     except CheckError as failure:
         print(f"FAILED: {failure}", file=sys.stderr)
         return 1
@@ -397,10 +367,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"work folder kept: {work}")
     print("MONAI Label check: all passed")
     if args.write_docs:
-        command = shlex.join(["python", "scripts/check_monailabel.py", *(sys.argv[1:] if argv is None else argv)])
-        write_docs(args, command, infer_rows, train)
+        command = relative_command(["python", "scripts/check_monailabel.py"], sys.argv[1:] if argv is None else argv)
+        figures = {"scoring": scoring, "sequence": sequence, "direct": direct_scores, "rescore": rescore}
+        write_docs(args, command, infer_rows, train, figures)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -6,7 +6,8 @@ rows, the budget, the cached run folders and the output files.
 
 import sys
 
+from bundle.errors import run_script
 from scripts.comparison.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bundle.errors import run_script
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -172,4 +173,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -20,6 +20,7 @@ import torch
 from bundle.atomic_files import atomic_write, atomic_write_csv
 from bundle.backends.predictors import load_network
 from bundle.data.datasets import SPLIT_KEYS
+from bundle.errors import run_script
 from bundle.training.checkpoints import read_network_settings
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -172,4 +173,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

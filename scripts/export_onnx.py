@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from bundle.backends.predictors import export_onnx, network_for_checkpoint, write_onnx
-from bundle.errors import BundleError
+from bundle.errors import run_script
 from bundle.inference.end_to_end import EndToEndSegmenter
 from monai.bundle import ConfigParser
 from PIL import Image
@@ -92,11 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     filepath = Path(args.filepath or ("models/model.e2e.onnx" if args.end_to_end else "models/model.onnx"))
     config = ConfigParser()
     config.read_config(args.config_file)
-    try:
-        network, settings = network_for_checkpoint(config, args.ckpt_file)
-    except BundleError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    network, settings = network_for_checkpoint(config, args.ckpt_file)
     if not args.end_to_end:
         export_onnx(network, filepath, settings["image_size"], settings["in_channels"])
         print(f"exported {args.ckpt_file} to {filepath.resolve()}")
@@ -118,4 +114,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

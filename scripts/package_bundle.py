@@ -34,6 +34,7 @@ from pathlib import Path
 
 import yaml
 from bundle.atomic_files import atomic_write, atomic_write_text, sha256_of
+from bundle.errors import BundleError, run_script
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,7 +55,7 @@ WEIGHTS, LARGE_FILES = "models/model.pt", "large_files.yml"
 DIR_MODE, FILE_MODE, SCRIPT_MODE = 0o755, 0o644, 0o755
 
 
-class PackagingError(Exception):
+class PackagingError(BundleError):
     """A check failed; the message says what to fix."""
 
 
@@ -249,13 +250,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if output.exists() and not args.overwrite:
             raise PackagingError(f"{output} already exists; pass --overwrite to replace it")
         files = collect_files(root, args.include_weights)
-    except (PackagingError, OSError, json.JSONDecodeError, yaml.YAMLError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise PackagingError(f"a file of {root} is not valid JSON or YAML: {' '.join(str(error).split())}") from error
     write_zip(root, files, output)
     print(f"packaged {len(files)} files of {BUNDLE_NAME} {version} into {output}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -2,9 +2,12 @@
 the device (and an optional time budget), and write the choices with their reasons as a train.json overlay.
 
 The rules are in ``bundle/data/planning.py`` and docs/planning.md. Every choice stays overridable by the usual ids.
+``--dataset_dir`` is a dataset folder or a datalist file; the masks' label values and formats are printed first, and
+a dataset whose masks hold no foreground stops here in one line.
 
 Usage (from the repository root):
     python scripts/plan.py --dataset_dir ../shared/data/monuseg --output runs/monuseg/plan.json [--minutes 30]
+    python scripts/plan.py --dataset_dir runs/mine/datalist.json --output runs/mine/plan.json
     python -m monai.bundle run --config_file "['configs/train.json','runs/monuseg/plan.json']" \\
         --dataset_dir ../shared/data/monuseg [--epochs 10]     # an id given here wins over the plan
 """
@@ -15,6 +18,7 @@ import argparse
 import functools
 import json
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +26,7 @@ from bundle.atomic_files import atomic_write_json
 from bundle.data.configuration_search import cross_validation_plan, with_cross_validation
 from bundle.data.datasets import load_datalist, training_subset
 from bundle.data.planning import fingerprint, log_plan, measure_seconds_per_step, plan_overlay, plan_training
+from bundle.errors import run_script
 from bundle.networks import DEFAULT_ENCODER, ENCODERS
 
 TRAIN_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train.json"
@@ -30,7 +35,9 @@ TRAIN_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train.json"
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command line; ``argv`` None reads ``sys.argv``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset_dir", required=True, help="dataset folder, in any layout train.json accepts")
+    parser.add_argument(
+        "--dataset_dir", required=True, help="dataset folder, in any layout train.json accepts, or a datalist .json"
+    )
     parser.add_argument("--output", required=True, help="plan file to write (a JSON overlay for train.json)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--minutes", type=float, help="training time budget; caps the epochs (measured step time)")
@@ -53,6 +60,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         datalist = training_subset(datalist, args.train_images, args.val_fraction, args.seed)
     labels = [pair["label"] for pair in datalist["training"] + datalist["validation"]]
     found = fingerprint(labels, training_images=len(datalist["training"]))
+    logging.info(
+        "label values: %s (%d distinct); mask formats: %s",
+        ", ".join(map(str, found["label_values"])),
+        found["distinct_label_values"],
+        ", ".join(f"{name}: {count}" for name, count in found["mask_formats"].items()),
+    )
     logging.info("fingerprint: %s", found)
     learning_rate = ENCODERS[args.encoder].learning_rate
     plan = plan_training(found, device, base_learning_rate=learning_rate)
@@ -75,4 +88,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

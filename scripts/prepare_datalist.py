@@ -18,6 +18,7 @@ from pathlib import Path
 from bundle.atomic_files import atomic_write_json
 from bundle.data.datasets import find_image_mask_pairs, load_datalist
 from bundle.data.splits import split_pairs
+from bundle.errors import run_script
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -45,17 +46,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if output.exists() and not args.overwrite:
         print(f"error: {output} already exists; pass --overwrite to replace it", file=sys.stderr)
         return 1
-    try:
-        test_names = None
-        if args.test_names:
-            test_names = Path(args.test_names).read_text(encoding="utf-8").splitlines()
-        splits = split_pairs(find_image_mask_pairs(root), args.val_fraction, args.seed, test_names)
-        if args.test_from:
-            other = load_datalist(args.test_from, args.val_fraction, args.seed)
-            splits["test"] = other["training"] + other["validation"]
-    except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    test_names = None
+    if args.test_names:
+        test_names = Path(args.test_names).read_text(encoding="utf-8").splitlines()
+    splits = split_pairs(find_image_mask_pairs(root), args.val_fraction, args.seed, test_names)
+    if args.test_from:
+        other = load_datalist(args.test_from, args.val_fraction, args.seed)
+        splits["test"] = other["training"] + other["validation"]
     datalist = {
         key: [{k: os.path.relpath(v, output.parent) for k, v in pair.items()} for pair in items]
         for key, items in splits.items()
@@ -68,4 +65,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

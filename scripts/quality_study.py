@@ -26,8 +26,10 @@ from pathlib import Path
 
 import numpy as np
 from bundle.atomic_files import atomic_write_json, atomic_write_text
+from bundle.errors import run_script
 from bundle.inference.quality import FEATURES, MODEL_PATH
 from scipy.stats import rankdata, spearmanr
+from scripts.doc_command import relative_command
 
 FAILURE_DICE, FLAGGED_SHARE = 0.5, 0.2
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -217,7 +219,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     model["needs_review_below"] = float(np.quantile(combined(features, model), FLAGGED_SHARE))
     model["features"] = list(FEATURES)
-    model["fitted_by"] = "python scripts/quality_study.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    model["fitted_by"] = relative_command(
+        ["python", "scripts/quality_study.py"], argv if argv is not None else sys.argv[1:]
+    )
     model["fitted_on"] = f"{datetime.date.today()}, {platform.machine()}, sets {', '.join(fit_sets)}"
     rows = [r for name, (d, f) in {**fit_sets, **check_sets}.items() for r in candidate_rows(name, d, f, model)]
     docs = Path(args.docs)
@@ -237,4 +241,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import sys
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -26,6 +27,7 @@ import numpy as np
 from bundle.atomic_files import atomic_write
 from bundle.backends.predictors import export_onnx, network_for_checkpoint
 from bundle.data.datasets import load_datalist
+from bundle.errors import run_script
 from monai.bundle import ConfigParser
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -83,7 +85,7 @@ def calibration_batches(config: ConfigParser, dataset_dir: str, num_images: int,
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt_file", default="models/model.pt", help="LH-UTANet checkpoint")
-    parser.add_argument("--dataset_dir", required=True, help="dataset whose training split calibrates")
+    parser.add_argument("--dataset_dir", required=True, help="dataset (folder or datalist) whose training calibrates")
     parser.add_argument("--output", default="models/model.int8.onnx", help="int8 ONNX file to write (not existing)")
     parser.add_argument("--num_images", type=int, default=64, help="calibration images")
     parser.add_argument("--seed", type=int, default=0, help="seed of the calibration choice")
@@ -103,4 +105,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

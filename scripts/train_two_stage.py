@@ -17,6 +17,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from bundle.data.datasets import dataset_location
+from bundle.errors import run_script
+
 BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -36,6 +39,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--stage2-epochs", type=int, help="epochs of stage 2 (default: finetune_moe.json's 20)")
     parser.add_argument("--stages", default="1,2", choices=["1,2", "1", "2"], help="run both stages or only one")
     args, overrides = parser.parse_known_args(argv)
+    if "--dataset_dir" in overrides[:-1]:  # one folder or datalist: fail here, not after the bundle's imports
+        dataset_dir = overrides[overrides.index("--dataset_dir") + 1]
+        if not dataset_dir.lstrip().startswith("["):
+            dataset_location(dataset_dir)
     epochs = {1: args.stage1_epochs, 2: args.stage2_epochs}
     for stage in map(int, args.stages.split(",")):
         command = stage_command(stage, args.overlay, epochs[stage], overrides)
@@ -48,4 +55,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

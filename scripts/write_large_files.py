@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 from bundle.atomic_files import atomic_write_text, sha256_of
+from bundle.errors import run_script
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,4 +58,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

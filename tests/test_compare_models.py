@@ -6,12 +6,15 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from bundle.data.datasets import load_datalist
 from ignite.engine import Events
 from scripts.comparison import catalogue, cli, domains, report, runner, training_logs
 
@@ -35,9 +38,18 @@ def make_half_images_dataset(folder, count: int = 48, shape: tuple[int, int] = (
 
 @pytest.fixture(scope="module")
 def comparison(tmp_path_factory):
+    """The comparison of two rows, given its data as a datalist file outside the data folder (``--dataset_dir``
+    takes one): the splits that discovery gives the folder, paths relative to the file."""
     root = tmp_path_factory.mktemp("compare")
     data = make_half_images_dataset(root / "data")
-    argv = ["--dataset_dir", str(data), "--work_dir", str(root / "runs"), "--output", str(root / "out")]
+    datalist = root / "lists" / "datalist.json"
+    datalist.parent.mkdir()
+    splits = {
+        key: [{k: f"../data/{Path(path).relative_to(data).as_posix()}" for k, path in pair.items()} for pair in pairs]
+        for key, pairs in load_datalist(data).items()
+    }
+    datalist.write_text(json.dumps(splits))
+    argv = ["--dataset_dir", str(datalist), "--work_dir", str(root / "runs"), "--output", str(root / "out")]
     argv += ["--rows", "lh-mobilenetv2-moe,unet", "--image_size", "64", "--epochs", "1", "--stage2_epochs", "1"]
     argv += ["--batch_size", "2", "--num_workers", "0", "--threads", "1"]
     assert cli.main(argv) == 0
@@ -65,6 +77,16 @@ def test_csv_has_every_column_filled_for_both_networks(comparison):
     for plot in ("dice_vs_latency.png", "validation_curves.png"):
         assert (root / "out" / plot).read_bytes().startswith(b"\x89PNG")
     assert "| LH-UTANet mobilenetv2 (stage 1 + 2" in (root / "out" / "results.md").read_text()
+
+
+def test_results_md_names_its_command_relative_to_the_repository(comparison):
+    """The fixture passes absolute paths; results.md's command line holds them relative to the repository root."""
+    root, argv = comparison
+    command = (root / "out" / "results.md").read_text().split("Command: `")[1].split("`")[0]
+    words = shlex.split(command)
+    assert words[:2] == ["python", "scripts/compare_models.py"] and len(words) == len(argv) + 2
+    assert not any(word.startswith("/") for word in words)
+    assert (REPO_ROOT / words[words.index("--output") + 1]).resolve() == (root / "out").resolve()
 
 
 def test_validation_curve_of_a_stage2_row_continues_its_stage1_curve(comparison):
@@ -270,3 +292,9 @@ def test_entry_point_keeps_the_command_line():
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: compare_models.py [-h] --dataset_dir DATASET_DIR --work_dir WORK_DIR")
     assert "Rows (``--rows``, default all):" in result.stdout and "--train_only" in result.stdout
+
+
+def test_a_datalist_file_is_named_after_its_folder(comparison):
+    """The fixture's ``--dataset_dir`` is a datalist file outside the data: results.md names its folder."""
+    root, _ = comparison
+    assert (root / "out" / "results.md").read_text().startswith("# Model comparison on `lists`")

@@ -11,9 +11,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from bundle.data.datasets import find_image_mask_pairs, load_datalist
+from bundle.data.check import check_dataset
+from bundle.data.datasets import data_root, find_image_mask_pairs, load_datalist
 from bundle.data.demo import make_demo_dataset
 from bundle.data.splits import split_pairs
+from bundle.errors import DatasetError, MissingFileError
 from bundle.formats import IMAGE_SUFFIXES
 from PIL import Image
 
@@ -141,6 +143,52 @@ def test_load_datalist_json_relative_paths(tmp_path: Path) -> None:
     (tmp_path / "datalist.json").write_text(json.dumps({"training": items[:1], "validation": [missing]}))
     with pytest.raises(FileNotFoundError, match="x.png"):
         load_datalist(tmp_path)
+
+
+def test_dataset_dir_takes_a_datalist_file_as_well_as_its_folder(tmp_path: Path) -> None:
+    """``--dataset_dir DIR/datalist.json`` is DIR; a datalist elsewhere (prepare_datalist.py --output) lists paths
+    relative to itself, and its data root holds both; a missing file or another kind of file fails in one line."""
+    names = [f"n{k}.png" for k in range(6)]
+    root = _make(tmp_path / "ds", names, names)
+    items = [{"image": f"images/{n}", "label": f"masks/{n}"} for n in names]
+    (root / "datalist.json").write_text(
+        json.dumps({"training": items[:4], "validation": items[4:5], "test": items[5:]})
+    )
+    assert load_datalist(root / "datalist.json") == load_datalist(root)
+    assert data_root(root / "datalist.json") == str(root)
+    elsewhere = tmp_path / "runs" / "split" / "mine.json"
+    elsewhere.parent.mkdir(parents=True)
+    moved = [{key: f"../../ds/{value}" for key, value in item.items()} for item in items]
+    elsewhere.write_text(json.dumps({"training": moved[:3], "validation": moved[3:]}))
+    data = load_datalist(elsewhere)
+    assert _names(data["training"]) == names[:3] and _names(data["validation"]) == names[3:] and data["test"] == []
+    assert data_root(elsewhere) == str(tmp_path)  # the list's folder and the data it lists
+    report = check_dataset(elsewhere)
+    assert report.ok and report.pairs == 6 and str(tmp_path) in report.source
+    merged = load_datalist([str(elsewhere), str(root)])  # several sources: a datalist is named after its folder
+    assert {pair["source"] for pair in merged["training"]} == {"split", "ds"}
+    for path, kind in ((root / "nowhere.json", MissingFileError), (root / "images" / "n0.png", DatasetError)):
+        with pytest.raises(kind, match=str(path)) as error:
+            load_datalist(path)
+        assert "\n" not in str(error.value)
+    (root / "broken.json").write_text("{not json")
+    with pytest.raises(DatasetError, match="broken.json: not valid JSON"):
+        load_datalist(root / "broken.json")
+
+
+def test_plan_py_takes_a_datalist_file(tmp_path: Path) -> None:
+    """The issue's command: ``scripts/plan.py --dataset_dir DIR/datalist.json`` plans (it ended in a traceback)."""
+    from scripts import plan as plan_script
+
+    names = [f"n{k}.png" for k in range(5)]
+    root = _make(tmp_path / "ds", names, names)
+    items = [{"image": f"images/{n}", "label": f"masks/{n}"} for n in names]
+    (root / "datalist.json").write_text(json.dumps({"training": items[:4], "validation": items[4:]}))
+    output = tmp_path / "plan.json"
+    overlay = plan_script.main(
+        ["--dataset_dir", str(root / "datalist.json"), "--output", str(output), "--device", "cpu"]
+    )
+    assert overlay["plan"]["fingerprint"]["training_images"] == 4 and json.loads(output.read_text()) == overlay
 
 
 def test_load_datalist_split_csv(tmp_path: Path) -> None:

@@ -4,6 +4,8 @@ back (``TYPE_CHECKING`` imports included), and the default encoder is named in o
 import ast
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from bundle.networks import DEFAULT_ENCODER, ENCODERS, LightweightHierarchicalUTANet
@@ -148,3 +150,19 @@ def test_no_sys_path_insertion():
         if edit.search(line) and path.name != "test_imports.py"
     ]
     assert found == []
+
+
+def test_every_bundle_name_in_the_configs_resolves_after_import_bundle_alone():
+    """Configs write ``$bundle.a.b.name``: after ``import bundle`` (as ``python -m monai.bundle run`` does, in a fresh
+    interpreter) each package on the way must already be an attribute of its parent."""
+    names = sorted(
+        {
+            name
+            for path in CONFIGS.glob("*.json")
+            for name in re.findall(r"\bbundle(?:\.[A-Za-z_]\w*)+", path.read_text(encoding="utf-8"))
+        }
+    )
+    code = "import bundle, functools; [functools.reduce(getattr, n.split('.')[1:], bundle) for n in %r]" % names
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "is now" not in result.stderr  # no old module name left in the configs

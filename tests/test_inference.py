@@ -102,13 +102,17 @@ def test_folder_masks_report_naming_and_skipping(tmp_path, mixed):
         assert written.shape == source.shape and np.allclose(written.affine, AFFINE)
     for name, status in BAD.items():
         assert report[name]["status"].startswith(status), report[name]
-    outputs = sorted(p for p in out.rglob("*") if p.is_file() and p.name != "predictions.csv")
-    assert len(outputs) == len(GOOD) and not list(out.rglob(".*.tmp"))
+    outputs = sorted(p for p in out.rglob("*") if p.is_file() and p.name not in ("predictions.csv", "review.html"))
+    thumbnails = [p.relative_to(out / ".review").as_posix() for p in outputs if ".review" in p.parts]
+    assert sorted(thumbnails) == sorted(f"{name}.jpg" for name in GOOD)  # the review page's, one per mask
+    assert len(outputs) == 2 * len(GOOD) and not list(out.rglob(".*.tmp"))
+    assert all(name in (out / "review.html").read_text() for name in GOOD)
 
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     assert infer() == mtimes  # nothing new: not a single file written, the report included
     Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(mixed / "new.png")
-    assert set(infer()) - set(mtimes) == {out / "new_mask.png"}
+    assert set(infer()) - set(mtimes) == {out / "new_mask.png", out / ".review" / "new.png.jpg"}
+    assert "new.png" in (out / "review.html").read_text()  # a re-run that appends rows updates the page
     first_report, report = report, read_report(out)
     assert report["new.png"]["status"] == "ok"
     assert all(report[name] == first_report[name] for name in GOOD)  # the rows of the run that wrote their masks
@@ -304,3 +308,28 @@ def test_backend_auto_falls_back_to_torch_when_the_export_cannot_run_a_batch(tmp
     x = torch.rand(3, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(predictor(x).as_tensor(), network.eval()(x))
+
+
+def test_review_page_is_optional_and_written_when_nothing_could_be_segmented(tmp_path):
+    ckpt = save_checkpoint(tmp_path / "fg.pt", all_foreground=True)
+    images, bad = tmp_path / "images", tmp_path / "bad"
+    images.mkdir()
+    bad.mkdir()
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(images / "a.png")
+    (bad / "broken.png").write_bytes(b"not a png")
+    settings = {**FAST, "ckpt_path": str(ckpt)}
+    run_bundle(
+        ["inference.json"],
+        "infer",
+        dataset_dir=str(images),
+        output_dir=str(tmp_path / "off"),
+        review_page=False,
+        **settings,
+    )
+    assert (tmp_path / "off" / "a_mask.png").is_file()
+    assert not (tmp_path / "off" / "review.html").exists() and not (tmp_path / "off" / ".review").exists()
+    with pytest.raises(Exception) as error:
+        run_bundle(["inference.json"], "infer", dataset_dir=str(bad), output_dir=str(tmp_path / "none"), **settings)
+    assert "could be segmented" in messages(error.value)
+    page = (tmp_path / "none" / "review.html").read_text()
+    assert "No input was segmented successfully" in page and "broken.png" in page

@@ -122,6 +122,11 @@ def test_the_package_holds_every_package_and_what_setup_env_needs(unpacked_zip):
     }
     assert in_tree - names == set()
     assert {"scripts/bench/__init__.py", "scripts/setup_env.sh", "pyproject.toml", "requirements.txt"} <= names
+    # the MONAI Label app (docs/monailabel.md copies it from the unpacked zip); no __init__.py above lib/, so that
+    # importing every module of ``scripts`` (below) never imports its main.py, which needs MONAI Label
+    app = {"main.py", "lib/__init__.py", "lib/qc.py", "lib/ordering.py"}
+    assert {f"scripts/monailabel_app/{name}" for name in app} <= names
+    assert "scripts/monailabel_app/__init__.py" not in names
     packages = {path.parent for path in (REPO_ROOT / "scripts").rglob("__init__.py")}
     assert all(f"{package.relative_to(REPO_ROOT).as_posix()}/__init__.py" in names for package in packages)
 

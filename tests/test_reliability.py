@@ -308,16 +308,17 @@ def test_check_data_reports_every_fault_and_exits_non_zero(tmp_path, capsys):
         ("outside the binary/JPEG-noise band", "masks/soft_mask.png"),
         ("1 unreadable file(s)", "images/broken.png"),
         ("1 ambiguous image stem(s)", "case_03.jpg & case_03.png"),
-        ("1 empty mask(s), allowed and counted", "masks/case_00.png"),
+        ("1 all-background mask(s), allowed (negative frames)", "masks/case_00.png"),
     ):
         assert heading in report and line in report.split(heading, 1)[1].split("\n  ")[1], (heading, report)
-    assert "FAILED: 6 hard error(s), 1 empty mask(s)" in report  # case_03.png's mask is left without an image too
+    # case_03.png's mask is left without an image too
+    assert "FAILED: 6 hard error(s), 1 all-background mask(s)" in report
     for name in ("no_mask.png", "small_mask.png", "soft_mask.png", "broken.png", "case_03.jpg"):
         (root / "images" / name).unlink()
     for name in ("small_mask.png", "soft_mask.png", "broken.png"):
         (root / "masks" / name).unlink()
     assert check_data_main([str(root)]) == 0
-    assert "OK: no hard errors, 1 empty mask(s)" in capsys.readouterr().out
+    assert "OK: no hard errors, 1 all-background mask(s)" in capsys.readouterr().out
 
 
 def test_check_data_reads_the_pairs_of_a_datalist(tmp_path, capsys):

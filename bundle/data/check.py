@@ -1,9 +1,11 @@
 """Dataset integrity check, after nnU-Net's: every image/mask pair is read once and every problem is reported.
 
 Hard errors: a missing image or mask, an unreadable file, an image/mask size mismatch, a mask with more than
-``AMBIGUOUS_LIMIT`` of its pixels outside the binary/JPEG-noise band, and duplicate names (two images, or two
-masks, with one stem in one folder, or one file listed twice). Empty masks are counted, not errors.
-``scripts/check_data.py DIR`` prints the report; training runs :func:`require_valid_data` at its start.
+``AMBIGUOUS_LIMIT`` of its pixels outside the binary/JPEG-noise band, a colour-coded mask (several colours, e.g. one
+per class), duplicate names (two images, or two masks, with one stem in one folder, or one file listed twice), and
+no foreground in any mask. Masks are read as training reads them (:mod:`bundle.data.masks`). All-background masks
+are listed and allowed (negative frames, e.g. of a video without a polyp). ``scripts/check_data.py DIR`` prints the
+report; training runs :func:`require_valid_data` at its start.
 """
 
 from __future__ import annotations
@@ -24,21 +26,21 @@ from PIL import Image
 from ..config import flag
 from ..errors import DatasetError
 from ..formats import NIFTI_SUFFIXES, TIFF_SUFFIXES, error_reason, split_suffix
-from .datasets import ACCEPTED_LAYOUTS, Pair, Problem, data_root, discover_pairs, read_datalist_json
-from .transforms import mask_threshold
+from .datasets import ACCEPTED_LAYOUTS, Pair, Problem, data_root, dataset_location, discover_pairs, read_datalist_json
+from .masks import BAND, LabelValues, mask_colours, read_mask_array
+from .splits import format_files
 
 logger = logging.getLogger(__name__)
 
-# a mask value v is ambiguous (neither background nor foreground, JPEG noise included) when
-# BAND[0] * full < v < BAND[1] * full, full being 255 for 8-bit masks and the mask's maximum otherwise:
-# 32..223 for 8-bit masks; Kvasir-SEG's JPEG masks hold only 0..8 and 247..255
-BAND: tuple[float, float] = (0.125, 0.875)
 AMBIGUOUS_LIMIT = 0.01  # more ambiguous pixels than this share makes a mask a soft map or a photo, not a mask
 MISSING_IMAGE, MISSING_MASK = "missing image(s)", "missing mask(s)"
 UNREADABLE, SIZE_MISMATCH = "unreadable file(s)", "image/mask size mismatch(es)"
 OUT_OF_BAND = f"mask(s) with more than {AMBIGUOUS_LIMIT:.0%} of pixels outside the binary/JPEG-noise band"
+COLOUR_CODED = "colour-coded mask(s): several colours, not one foreground"
 DUPLICATE_IMAGES, DUPLICATE_MASKS = "duplicate image name(s)", "duplicate mask name(s)"
-PAIR_ERRORS: tuple[str, ...] = (MISSING_IMAGE, MISSING_MASK, UNREADABLE, SIZE_MISMATCH, OUT_OF_BAND)
+NO_FOREGROUND = "dataset without foreground"
+PAIR_ERRORS: tuple[str, ...] = (MISSING_IMAGE, MISSING_MASK, UNREADABLE, SIZE_MISMATCH, OUT_OF_BAND, COLOUR_CODED)
+EMPTY = "all-background mask(s), allowed (negative frames)"
 
 
 @dataclass
@@ -49,6 +51,7 @@ class DataReport:
     pairs: int
     errors: list[Problem] = field(default_factory=list)
     empty_masks: list[str] = field(default_factory=list)
+    label_values: LabelValues = field(default_factory=LabelValues)
 
     @property
     def ok(self) -> bool:
@@ -59,20 +62,12 @@ class DataReport:
         return [line for problem in self.errors for line in problem.files]
 
     def __str__(self) -> str:
-        lines = [f"data check of {self.source}: {self.pairs} image/mask pair(s) read"]
-        for what, files in [*self.errors, Problem("empty mask(s), allowed and counted", self.empty_masks)]:
+        lines = [f"data check of {self.source}: {self.pairs} image/mask pair(s) read", f"  {self.label_values}"]
+        for what, files in [*self.errors, Problem(EMPTY, self.empty_masks)]:
             if files:
                 lines += [f"  {len(files)} {what}:", *(f"    {line}" for line in files)]
         verdict = f"FAILED: {len(self.bad_files)} hard error(s)" if self.errors else "OK: no hard errors"
-        return "\n".join([*lines, f"{verdict}, {len(self.empty_masks)} empty mask(s)"])
-
-
-def _channels_last_max(array: np.ndarray) -> np.ndarray:
-    """(H, W) -> itself; (H, W, C) -> (H, W) maximum over the channels, alpha dropped, as ``BinarizeMaskd``."""
-    if array.ndim != 3:
-        return array
-    channels = array.shape[-1] - 1 if array.shape[-1] in (2, 4) else array.shape[-1]
-    return np.maximum.reduce([array[..., c] for c in range(channels)])
+        return "\n".join([*lines, f"{verdict}, {len(self.empty_masks)} all-background mask(s)"])
 
 
 def read_image_size(path: Path) -> tuple[int, int]:
@@ -89,55 +84,57 @@ def read_image_size(path: Path) -> tuple[int, int]:
     return height, width
 
 
-def read_mask(path: Path) -> np.ndarray:
-    """(H, W) mask in its stored dtype: the channel maximum, alpha dropped, as the bundle binarises it."""
-    suffix = split_suffix(path.name)[1]
-    if suffix in TIFF_SUFFIXES:
-        array = np.squeeze(tifffile.imread(path))
-    elif suffix in NIFTI_SUFFIXES:
-        array = np.squeeze(np.asanyarray(nib.load(path).dataobj))
-    else:
-        with Image.open(path) as image:
-            array = np.asarray(image)
-    if array.ndim not in (2, 3):
-        raise ValueError(f"expected a 2D mask, got shape {array.shape}")
-    return _channels_last_max(array)
-
-
-def ambiguous_fraction(mask: np.ndarray, source: str) -> float:
-    """Share of the (H, W) ``mask``'s pixels strictly inside ``BAND`` of its full scale; 0 for integer label maps."""
-    top = float(mask.max())
-    if np.issubdtype(mask.dtype, np.integer) and mask_threshold(top, source) == 0:
-        return 0.0  # a label map (0/1, 0..N): foreground is > 0
-    full = 255.0 if mask.dtype == np.uint8 else top
+def ambiguous_fraction(values: np.ndarray, threshold: float) -> float:
+    """Share of the (H, W) mask's pixels strictly inside ``BAND`` of its full scale (255 for 8-bit masks, else its
+    top value); 0 for label maps (``threshold`` 0: 0/1, instance ids)."""
+    if threshold == 0:
+        return 0.0
+    full = 255.0 if values.dtype == np.uint8 else float(values.max())
     if full <= 0:
         return 0.0
-    return float(np.count_nonzero((mask > BAND[0] * full) & (mask < BAND[1] * full)) / mask.size)
+    return float(np.count_nonzero((values > BAND[0] * full) & (values < BAND[1] * full)) / values.size)
 
 
-def _check_pair(pair: Pair, name: Callable[[Path], str]) -> tuple[list[tuple[str, str]], bool]:
-    """Hard errors of one pair as (kind, line naming the files), and whether its mask is empty."""
+@dataclass
+class PairResult:
+    """What reading one pair found: hard errors as (kind, line naming the files), whether its mask has no
+    foreground, and its label values."""
+
+    errors: list[tuple[str, str]]
+    empty: bool = False
+    label_values: LabelValues = field(default_factory=LabelValues)
+
+
+def _check_pair(pair: Pair, name: Callable[[Path], str]) -> PairResult:
+    """Read one pair and report it."""
     image, mask = Path(pair["image"]), Path(pair["label"])
     errors = [(kind, name(path)) for kind, path in ((MISSING_IMAGE, image), (MISSING_MASK, mask)) if not path.is_file()]
     if errors:
-        return errors, False
+        return PairResult(errors)
     try:
         image_size = read_image_size(image)
     except Exception as error:  # noqa: BLE001 - any decoder error (PIL, tifffile, nibabel, zlib) is a finding
         errors.append((UNREADABLE, f"{name(image)}: {error_reason(error)}"))
     try:
-        values = read_mask(mask)
+        array = read_mask_array(mask)
     except Exception as error:  # noqa: BLE001
         errors.append((UNREADABLE, f"{name(mask)}: {error_reason(error)}"))
     if errors:
-        return errors, False
-    if tuple(image_size) != values.shape:
-        sizes = f"{name(image)} ({'x'.join(map(str, image_size))}) vs {name(mask)} ({'x'.join(map(str, values.shape))})"
+        return PairResult(errors)
+    result = PairResult(errors)
+    reading = result.label_values.add(array, mask.name)
+    if tuple(image_size) != reading.values.shape:
+        sizes = f"{name(image)} ({'x'.join(map(str, image_size))}) vs {name(mask)} ({'x'.join(map(str, reading.values.shape))})"
         errors.append((SIZE_MISMATCH, sizes))
-    fraction = ambiguous_fraction(values, mask.name)
+    fraction = ambiguous_fraction(reading.values, reading.threshold)
     if fraction > AMBIGUOUS_LIMIT:
         errors.append((OUT_OF_BAND, f"{name(mask)}: {fraction:.1%} of pixels are neither background nor foreground"))
-    return errors, float(values.max()) <= mask_threshold(float(values.max()), mask.name)
+    colours = mask_colours(array, mask.name, reading.foreground)
+    if len(colours) > 1:
+        listed = ", ".join(f"RGB{colour}" for colour in colours[:6])
+        errors.append((COLOUR_CODED, f"{name(mask)}: {len(colours)} colours ({listed}); save one foreground per mask"))
+    result.empty = not reading.foreground.any()
+    return result
 
 
 def _duplicates(pairs: Sequence[Pair], key: str, name: Callable[[Path], str]) -> list[str]:
@@ -164,26 +161,34 @@ def check_pairs(
     with ThreadPoolExecutor(max_workers=max(1, min(workers, os.cpu_count() or 1))) as pool:
         results = list(pool.map(lambda pair: _check_pair(pair, name), pairs))
     found: dict[str, list[str]] = defaultdict(list)
-    for errors, _ in results:
-        for kind, line in errors:
+    label_values = LabelValues()
+    for result in results:
+        label_values.merge(result.label_values)
+        for kind, line in result.errors:
             found[kind].append(line)
     found[DUPLICATE_IMAGES] = _duplicates(pairs, "image", name)
     found[DUPLICATE_MASKS] = _duplicates(pairs, "label", name)
-    errors = [*problems, *(Problem(kind, found[kind]) for kind in (*PAIR_ERRORS, DUPLICATE_IMAGES, DUPLICATE_MASKS))]
-    empty = [name(Path(pair["label"])) for pair, (_, is_empty) in zip(pairs, results) if is_empty]
-    return DataReport(str(root), len(pairs), [problem for problem in errors if problem.files], empty)
+    if label_values.masks and not label_values.with_foreground:
+        found[NO_FOREGROUND] = [f"no foreground in any of the {label_values.masks} mask(s) read: {label_values}"]
+    kinds = (*PAIR_ERRORS, DUPLICATE_IMAGES, DUPLICATE_MASKS, NO_FOREGROUND)
+    errors = [*problems, *(Problem(kind, found[kind]) for kind in kinds)]
+    empty = [name(Path(pair["label"])) for pair, result in zip(pairs, results) if result.empty]
+    return DataReport(str(root), len(pairs), [problem for problem in errors if problem.files], empty, label_values)
 
 
 def check_dataset(dataset_dir: str | os.PathLike) -> DataReport:
-    """Check every pair a dataset folder provides: those of its ``datalist.json``, else all discovered pairs.
+    """Check every pair a dataset folder provides: those of its ``datalist.json`` (or of the datalist file that
+    ``dataset_dir`` names), else all discovered pairs.
 
     A ``split.csv`` only selects among the discovered pairs, so all of them are checked. Raises
     FileNotFoundError or ValueError when the folder is missing or holds no recognisable layout.
     """
-    root = Path(os.path.abspath(dataset_dir))
-    if (root / "datalist.json").is_file():
-        splits = read_datalist_json(root / "datalist.json", root)
-        return check_pairs([pair for items in splits.values() for pair in items], root)
+    root, datalist = dataset_location(dataset_dir)
+    if datalist is None and (root / "datalist.json").is_file():
+        datalist = root / "datalist.json"
+    if datalist is not None:
+        splits = read_datalist_json(datalist, root)
+        return check_pairs([pair for items in splits.values() for pair in items], dataset_dir)
     pairs, problems = discover_pairs(root)
     if not pairs and not problems:
         raise DatasetError(f"no image/mask pairs found in {root}; accepted layouts: {ACCEPTED_LAYOUTS}")
@@ -203,4 +208,11 @@ def require_valid_data(pairs: Sequence[Pair], root: str | os.PathLike, enabled: 
             f"{report}\nTraining refuses to start: fix or remove these files in {root}, or pass --check_data false."
         )
     logger.info("%s", report)
+    if report.empty_masks:
+        logger.warning(
+            "%d of %d masks are all background and train as negative frames: %s",
+            len(report.empty_masks),
+            report.pairs,
+            format_files(report.empty_masks),
+        )
     return report

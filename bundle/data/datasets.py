@@ -57,10 +57,29 @@ def _clashes(groups: Iterable[list[Path]], folder: Path) -> list[str]:
     return [" & ".join(p.relative_to(folder).as_posix() for p in group) for group in groups if len(group) > 1]
 
 
+def dataset_location(dataset_dir: str | os.PathLike) -> tuple[Path, Path | None]:
+    """(folder, datalist file or None) of ``dataset_dir``: a dataset folder, or a datalist ``.json`` file (its paths
+    relative to the file's folder). Raises MissingFileError or DatasetError naming the path."""
+    path = Path(os.path.abspath(dataset_dir))
+    if path.is_dir():
+        return path, None
+    if path.is_file() and path.suffix.lower() == ".json":
+        return path.parent, path
+    if path.exists():
+        raise DatasetError(f"dataset_dir is neither a folder nor a datalist .json file: {path}")
+    raise MissingFileError(f"dataset_dir does not exist: {path}; pass a dataset folder or its datalist.json")
+
+
+def dataset_name(dataset_dir: str | os.PathLike) -> str:
+    """The name of a dataset (its folder's; for a datalist file, the folder that holds it)."""
+    path = Path(os.path.abspath(dataset_dir))
+    return path.parent.name if path.suffix.lower() == ".json" else path.name
+
+
 def _existing_dir(dataset_dir: str | os.PathLike) -> Path:
-    root = Path(os.path.abspath(dataset_dir))
-    if not root.is_dir():
-        raise MissingFileError(f"dataset_dir does not exist or is not a directory: {root}")
+    root, datalist = dataset_location(dataset_dir)
+    if datalist is not None:
+        raise DatasetError(f"{datalist} is a datalist; pairs are discovered in a folder: pass {root}")
     return root
 
 
@@ -161,7 +180,10 @@ def find_image_mask_pairs(dataset_dir: str | os.PathLike) -> list[Pair]:
 def read_datalist_json(path: Path, root: Path) -> dict[str, list[Pair]]:
     """Read a decathlon-style datalist; relative paths are resolved against ``root``."""
     with open(path, encoding="utf-8") as f:
-        raw = json.load(f)
+        try:
+            raw = json.load(f)
+        except json.JSONDecodeError as error:
+            raise DatasetError(f"{path}: not valid JSON ({error})") from error
     if not isinstance(raw, dict) or not isinstance(raw.get("training"), list):
         raise DatasetError(f"{path}: expected a JSON object with a 'training' list (and optional 'validation', 'test')")
     out: dict[str, list[Pair]] = {}
@@ -209,8 +231,14 @@ def dataset_folders(dataset_dir: str | os.PathLike | Sequence[str | os.PathLike]
 
 
 def data_root(dataset_dir: str | os.PathLike | Sequence[str | os.PathLike]) -> str:
-    """The folder that holds every dataset folder of ``dataset_dir`` (itself when there is one)."""
-    return os.path.commonpath([os.path.abspath(folder) for folder in dataset_folders(dataset_dir)])
+    """The folder that holds every dataset folder of ``dataset_dir`` (itself when there is one); for a datalist
+    file, the folder that holds it and every file it lists."""
+    folders = []
+    for folder in dataset_folders(dataset_dir):
+        root, datalist = dataset_location(folder) if os.path.isfile(folder) else (Path(os.path.abspath(folder)), None)
+        listed = read_datalist_json(datalist, root).values() if datalist is not None else []
+        folders += [str(root), *(os.path.dirname(path) for pairs in listed for pair in pairs for path in pair.values())]
+    return os.path.commonpath(folders)
 
 
 def load_datalist(
@@ -220,7 +248,7 @@ def load_datalist(
     merged: each pair then also names its ``source``, the folder's name, which per-source metrics and reports use,
     and each source keeps its own splits (its test list, its validation blocks)."""
     folders = dataset_folders(dataset_dir)
-    names = [Path(os.path.abspath(folder)).name for folder in folders]
+    names = [dataset_name(folder) for folder in folders]
     if len(set(names)) < len(names):
         raise DatasetError(f"dataset folders need distinct names to tell their images apart, got {folders}")
     if len(folders) == 1:
@@ -237,13 +265,13 @@ def load_folder_datalist(
 ) -> dict[str, list[Pair]]:
     """Return ``training`` / ``validation`` / ``test`` lists of ``{"image", "label"}`` (absolute paths, sorted).
 
-    Uses ``dataset_dir/datalist.json`` if present, else ``dataset_dir/split.csv`` (``name,split`` rows; pairs not
+    Uses the datalist file ``dataset_dir`` names, or ``dataset_dir/datalist.json`` if present, else ``dataset_dir/split.csv`` (``name,split`` rows; pairs not
     listed are left out), else discovered pairs split by :func:`split_pairs`, with the images named in a
     ``*test_names.txt`` file (one name a line, e.g. Kvasir-SEG's ``pranet_test_names.txt``) as the test split.
     A missing validation split is taken from training with ``val_fraction`` and ``seed``.
     """
-    root = _existing_dir(dataset_dir)
-    json_path, csv_path = root / "datalist.json", root / "split.csv"
+    root, json_path = dataset_location(dataset_dir)
+    json_path, csv_path = json_path or root / "datalist.json", root / "split.csv"
     if json_path.is_file():
         source, data = json_path, read_datalist_json(json_path, root)
     elif csv_path.is_file():

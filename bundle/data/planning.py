@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage
+
+from ..errors import DatasetError
+from .masks import LabelValues, read_mask_array
 
 logger = logging.getLogger(__name__)
 
@@ -42,12 +45,6 @@ class PlanRules:
     reference_batch: int = 8  # the registry's learning rates were measured at batch 8 (docs/results.md)
 
 
-def read_mask(path: str) -> np.ndarray:
-    """A mask file as a (H, W) bool array (foreground: grey value > 127, as ``BinarizeMaskd`` for 8-bit masks)."""
-    with Image.open(path) as image:
-        return np.asarray(image.convert("L")) > 127
-
-
 def mask_statistics(mask: np.ndarray) -> dict[str, object]:
     """Size, foreground fraction and the equivalent diameters (pixels) of the connected objects of one (H, W) mask."""
     labels, count = ndimage.label(mask)
@@ -64,14 +61,22 @@ def mask_statistics(mask: np.ndarray) -> dict[str, object]:
 def fingerprint(label_paths: Sequence[str], training_images: int | None = None) -> dict[str, object]:
     """The dataset fingerprint from its training + validation masks (at most FINGERPRINT_IMAGES, evenly spaced).
 
-    Returns image count, median size, median foreground fraction, median objects per image and object diameters
-    relative to the image's shorter side (median and 10th percentile over all objects). ``training_images``: the
-    count of images that train (default: all of ``label_paths``).
+    Masks are binarised as training binarises them (:mod:`bundle.data.masks`). Returns image count, median size,
+    median foreground fraction, median objects per image, object diameters relative to the image's shorter side
+    (median and 10th percentile over all objects) and the label values seen (:meth:`LabelValues.summary`).
+    ``training_images``: the count of images that train (default: all of ``label_paths``). Raises DatasetError,
+    naming the values found, when no mask read has foreground.
     """
     if not label_paths:
-        raise ValueError("the dataset has no training masks to fingerprint.")
+        raise DatasetError("the dataset has no training masks to fingerprint.")
     step = max(1, math.ceil(len(label_paths) / FINGERPRINT_IMAGES))
-    stats = [mask_statistics(read_mask(path)) for path in list(label_paths)[::step]]
+    label_values = LabelValues()
+    stats = [
+        mask_statistics(label_values.add(read_mask_array(path), path).foreground) for path in list(label_paths)[::step]
+    ]
+    if not label_values.with_foreground:
+        folder = os.path.commonpath([os.path.dirname(os.path.abspath(path)) for path in label_paths])
+        raise DatasetError(f"no foreground in any mask of {folder}: {label_values}; nothing to plan for.")
     relative = [d / min(s["height"], s["width"]) for s in stats for d in s["diameters"]]
     return {
         "images": len(label_paths),
@@ -82,6 +87,7 @@ def fingerprint(label_paths: Sequence[str], training_images: int | None = None) 
         "objects_per_image": float(np.median([len(s["diameters"]) for s in stats])),
         "object_diameter": round(float(np.median(relative)), 4) if relative else 1.0,
         "small_object_diameter": round(float(np.percentile(relative, 10)), 4) if relative else 1.0,
+        **label_values.summary(),
     }
 
 

@@ -17,7 +17,7 @@ from monai.networks.layers.convutils import gaussian_1d
 from monai.transforms import MapTransform, Resized
 from monai.utils import ImageMetaKey, MetaKeys
 
-from ..formats import JPEG_SUFFIXES
+from .masks import mask_threshold
 from .readers import GREY_TO_COLOUR, ROW_MAJOR
 
 
@@ -83,15 +83,9 @@ def _scale_to_unit(image: torch.Tensor) -> torch.Tensor:
     return (image - low) / (high - low) if high > low else image - low
 
 
-def mask_threshold(max_value: float, source: str) -> int:
-    """Foreground is ``> mask_threshold``: 127 for 8-bit masks stored as 0/255 (``max_value`` > 127) and for
-    JPEG ``source`` files, whose compression noise reaches ~8 in the background; 0 for label maps (0/1, 0..N).
-    """
-    return 127 if max_value > 127 or source.lower().endswith(JPEG_SUFFIXES) else 0
-
-
 class BinarizeMaskd(MapTransform):
-    """(C, H, W[, 1]) mask -> (1, H, W) float32 in {0, 1}: foreground is ``> mask_threshold(...)``.
+    """(C, H, W[, 1]) mask -> (1, H, W) float32 in {0, 1}: foreground is ``> mask_threshold(...)``, the rule of
+    :mod:`bundle.data.masks` that the data check and the planner use too.
 
     Multi-channel masks (grey saved as RGB) take the channel maximum.
     """
@@ -100,7 +94,8 @@ class BinarizeMaskd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             mask = _drop_alpha(_squeeze_single_slice(d[key])).amax(dim=0, keepdim=True)
-            d[key] = (mask > mask_threshold(float(mask.max()), _source(d, key))).float()
+            values = mask[0].detach().cpu().as_subclass(torch.Tensor).numpy()
+            d[key] = (mask > mask_threshold(values, _source(d, key))).float()
         return d
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..formats import is_video, split_suffix
 from .report import REPORT_NAME
+from .review_page import PAGE_NAME
 
 VIDEO_OUTPUT_SUFFIXES: tuple[str, ...] = (".overlay.mp4", ".frames.csv")
 OUTPUT_SUFFIXES = ("_mask.png", "_mask.nii.gz", "_prob.npy", "_overlay.png", *VIDEO_OUTPUT_SUFFIXES)
@@ -23,7 +24,7 @@ def without_earlier_outputs(files: Sequence[Path]) -> list[Path]:
     return [
         path
         for path in files
-        if path.name != REPORT_NAME
+        if path.name not in (REPORT_NAME, PAGE_NAME)
         and not (path.parent in videos and path.name[:6].isdigit() and path.name.endswith("_mask.png"))
         and not any(
             path.name.endswith(end) and path.parent / path.name[: -len(end)] in stems for end in OUTPUT_SUFFIXES

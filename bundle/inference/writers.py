@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import time
 from collections.abc import Callable, Hashable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -26,6 +27,7 @@ from ..formats import error_reason, is_nifti, split_suffix
 from .folder import DecodedBatches, FolderPlan, InputPlan
 from .postprocessing import contour_overlay, mask_statistics
 from .report import OK, REPORT_NAME, SKIPPED, PredictionReport, error_row, input_notes
+from .review_page import PAGE_NAME, review_page_from_report, review_thumbnail, thumbnail_path
 
 logger = logging.getLogger(__name__)
 
@@ -79,15 +81,23 @@ class FolderWriter:
     Args:
         plan: the :class:`FolderPlan` the evaluator's data come from.
         batches: its :class:`DecodedBatches` (inputs that failed to decode).
-        display_transform: ``{"image": path}`` -> ``{"image": (1 or 3, H, W) in [0, 1]}`` for overlays.
+        display_transform: ``{"image": path}`` -> ``{"image": (1 or 3, H, W) in [0, 1]}`` for overlays and the
+            review page's thumbnails.
+        review_page: write ``OUT/review.html`` (:mod:`bundle.inference.review_page`) and its thumbnails.
     """
 
     def __init__(
-        self, plan: FolderPlan, batches: DecodedBatches, display_transform: Callable[[dict], dict] | None = None
+        self,
+        plan: FolderPlan,
+        batches: DecodedBatches,
+        display_transform: Callable[[dict], dict] | None = None,
+        review_page: bool | str = False,
     ) -> None:
-        if any("overlay" in item.outputs for item in plan.inputs) and display_transform is None:
-            raise ValueError("save_overlay needs a display_transform.")
+        self.review_page = flag(review_page, "review_page")
+        if (self.review_page or any("overlay" in item.outputs for item in plan.inputs)) and display_transform is None:
+            raise ValueError("save_overlay and review_page need a display_transform.")
         self.plan, self.batches, self.display_transform = plan, batches, display_transform
+        self.started = time.perf_counter()
         self.report = PredictionReport(plan.report_path)  # a sharded rank's partial report (bundle.inference.sharding)
         main = self.report if plan.world_size == 1 else PredictionReport(plan.output_dir / REPORT_NAME)
         self.latest = main.latest()  # the current row of each path, this run's included
@@ -167,9 +177,14 @@ class FolderWriter:
             write_png(plan.outputs["mask"], mask.astype(np.uint8) * 255)
         if "probabilities" in plan.outputs:
             write_npy(plan.outputs["probabilities"], probabilities)
-        if "overlay" in plan.outputs:
+        if "overlay" in plan.outputs or self.review_page:
             display = torch.as_tensor(self.display_transform({"image": str(plan.source)})["image"]).cpu().numpy()
-            write_png(plan.outputs["overlay"], contour_overlay(display, mask))
+            if "overlay" in plan.outputs:
+                write_png(plan.outputs["overlay"], contour_overlay(display, mask))
+            if self.review_page:
+                rgb = (np.clip(np.moveaxis(display, 0, -1), 0, 1) * 255).round().astype(np.uint8)
+                path = thumbnail_path(self.plan.output_dir, plan.relative)
+                review_thumbnail(rgb, mask, path, overwrite=self.plan.overwrite)
         return {
             "path": plan.relative,
             "status": OK,
@@ -198,8 +213,22 @@ class FolderWriter:
             self.latest = self.plan.merge_reports()
         logger.info("%d ok, %d skipped, %d errors; report: %s", counts[OK], counts[SKIPPED], errors, path)
         engine.state.report = [self.latest.get(plan.relative, {}) for plan in self.plan.inputs]
+        if self.review_page and self.plan.rank == 0:
+            self.write_review_page()
         if not any(counts.values()):
             raise DatasetError(f"no input in {self.plan.dataset_dir} could be segmented; see {path}.")
+
+    def write_review_page(self) -> None:
+        """``OUT/review.html`` from the whole report (earlier runs' rows included); a failure costs only the page."""
+        report, page = self.plan.output_dir / REPORT_NAME, self.plan.output_dir / PAGE_NAME
+        if page.is_file() and report.is_file() and page.stat().st_mtime_ns >= report.stat().st_mtime_ns:
+            return  # no row since the page was written
+        try:
+            seconds = time.perf_counter() - self.started
+            path = review_page_from_report(self.plan.output_dir, {"time taken": f"{seconds:.0f} s (the last run)"})
+            logger.info("review page: %s", path)
+        except OSError as error:
+            logger.warning("could not write the review page in %s: %s", self.plan.output_dir, error)
 
     def stopped(self, engine: Engine, error: BaseException) -> None:
         """The run stopped on ``error``: let the writes in flight finish (their rows are kept), then raise it again."""

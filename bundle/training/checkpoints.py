@@ -14,7 +14,7 @@ from torch import nn
 
 from ..config import flag
 from ..errors import CheckpointError, MissingFileError
-from ..networks import ENCODERS
+from ..networks import ENCODERS, LightweightHierarchicalUTANet
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +110,16 @@ def read_network_settings(path: str | os.PathLike) -> dict[str, object]:
         "norm": "batch" if batch_norm else recorded.get("norm", "group"),
         "deep_supervision": any(key.startswith("aux_heads.") for key in state),
     }
+
+
+def network_from_checkpoint(path: str | os.PathLike) -> nn.Module:
+    """The LH-UTANet that checkpoint ``path`` holds (its :func:`read_network_settings`), weights loaded, in eval mode."""
+    settings = read_network_settings(path)
+    network = LightweightHierarchicalUTANet(
+        **{key: settings[key] for key in SHAPE_SETTINGS}, top_k=int(settings.get("top_k", 2))
+    )
+    network.load_state_dict(read_state_dict(path), strict=True)
+    return network.eval()
 
 
 class SettingsMismatchError(CheckpointError):

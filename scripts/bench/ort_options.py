@@ -23,6 +23,7 @@ import numpy as np
 import onnxruntime
 import torch
 from bundle.backends.predictors import export_onnx
+from bundle.errors import run_script
 
 from .latency import ROWS, matmul_gflops
 from .measure import build, cpu_model, markdown_table, measure_cost, median_ms, publish, rounds_cell
@@ -117,4 +118,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bundle.atomic_files import atomic_write_text
+from bundle.errors import run_script
 from bundle.inference.folder import FolderPlan
 
 from .measure import cpu_model, markdown_table
@@ -172,4 +173,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -33,24 +33,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from bundle.data.datasets import dataset_location
 from scripts.bench.peers import LH_ENCODERS
 from scripts.comparison.catalogue import CompareRow, build_rows
 from scripts.comparison.recipes import recipe_rows
 from scripts.comparison.report import write_summary
 from scripts.comparison.runner import Comparison
+from scripts.doc_command import relative_command
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command line; ``argv`` None reads ``sys.argv``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--dataset_dir", required=True, help="dataset folder (bundle layout: images/, masks/, split file)"
+        "--dataset_dir", required=True, help="dataset folder (bundle layout: images/, masks/, split file) or datalist"
     )
     parser.add_argument(
         "--work_dir", required=True, help="folder for the run folders (checkpoints, logs, cached results)"
@@ -141,6 +142,7 @@ def apply_plan(args: argparse.Namespace, rows: dict[str, CompareRow]) -> dict[st
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the chosen rows (cached ones are reused), then measure their costs and write the summary; exit code 0."""
     args = parse_args(argv)
+    dataset_location(args.dataset_dir)  # a missing dataset fails here, in one line, before any row trains
     ablations, study = ([e for e in value.split(",") if e] for value in (args.ablations, args.study))
     unknown = sorted(set(ablations + study) - set(LH_ENCODERS))
     if unknown:
@@ -159,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     # costs are measured afresh, all rows together once training is over, so no training run disturbs the latencies
     results = [{**result, **comparison.measure(key)} for key, result in zip(keys, results)]
-    command = shlex.join(["python", "scripts/compare_models.py", *(argv if argv is not None else sys.argv[1:])])
+    command = relative_command(["python", "scripts/compare_models.py"], argv if argv is not None else sys.argv[1:])
     continued = {rows[key].stage1_row for key in keys}  # a stage-2 row's curve already starts with its stage 1
     curves = {
         key: comparison.validation_curve(key)

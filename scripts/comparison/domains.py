@@ -12,6 +12,7 @@ import csv
 from collections.abc import Sequence
 from pathlib import Path
 
+from bundle.errors import run_script
 from scripts.bench.measure import markdown_table
 
 
@@ -51,4 +52,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_script(main))

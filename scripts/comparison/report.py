@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bundle.atomic_files import atomic_write, atomic_write_csv, atomic_write_text
+from bundle.data.datasets import dataset_name
 from scripts.bench.measure import cpu_model, markdown_table
 from scripts.comparison.catalogue import STAGE2_RECIPES, CompareRow
 from scripts.comparison.plots import plot_dice_vs_latency, plot_validation_curves
@@ -175,7 +176,7 @@ def write_summary(
     )
     text = "\n\n".join(
         [
-            f"# Model comparison on `{Path(args.dataset_dir).name}`",
+            f"# Model comparison on `{dataset_name(args.dataset_dir)}`",
             f"Command: `{command}`",
             budget_text(args, results[0]["test_images"]),
             table,

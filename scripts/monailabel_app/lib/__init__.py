@@ -1,0 +1,1 @@
+"""The active-learning tasks of the LH-UTANet MONAI Label app (``main.py`` beside this folder)."""
