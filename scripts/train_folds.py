@@ -33,6 +33,7 @@ from pathlib import Path
 from bundle.atomic_files import atomic_write_json
 from bundle.data.configuration_search import CANDIDATE_IDS, choose_configuration, search_section
 from bundle.data.folds import DEFAULT_NUM_FOLDS
+from bundle.errors import run_script
 from scripts.comparison.runner import CONFIGS, study_datalist
 from scripts.folds.jobs import CrossValidation, run_jobs
 from scripts.folds.summary import cross_validation_summary, write_summary
@@ -144,11 +145,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except Exception as error:  # noqa: BLE001  (one line for what a user can fix; --debug keeps the traceback)
-        from bundle.errors import bundle_error_in_chain, debug_requested
-
-        if bundle_error_in_chain(error) is None or debug_requested():
-            raise
-        sys.exit(f"error: {bundle_error_in_chain(error)}")
+    sys.exit(run_script(main))

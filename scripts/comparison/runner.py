@@ -39,13 +39,24 @@ def bundle_command(configs: Sequence[Path], overrides: dict[str, Any]) -> list[s
     return command
 
 
+class CommandFailed(RuntimeError):
+    """A command of :func:`run_timed` ended with a non-zero status; its output is in ``log_path``."""
+
+    def __init__(self, message: str, log_path: Path) -> None:
+        super().__init__(message, log_path)
+        self.log_path = log_path
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 def run_timed(command: list[str], log_path: Path, threads: int, append: bool = False) -> tuple[float, float]:
     """Run ``command`` from the repository root with ``threads`` CPU threads and its output in ``log_path``
     (appended to with ``append``).
 
     Returns the wall seconds and the CPU seconds (user + system) of the process and the children it waited for
     (DataLoader workers). The thread count is fixed because CPU results depend on it (docs/reliability.md).
-    Raises RuntimeError with the log's tail when the command fails.
+    Raises :class:`CommandFailed` with the log's tail when the command fails.
     """
     print("$", shlex.join(command), flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -56,7 +67,7 @@ def run_timed(command: list[str], log_path: Path, threads: int, append: bool = F
         process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         tail = "".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines(True)[-30:])
-        raise RuntimeError(f"command failed (exit {process.returncode}), log {log_path}:\n{tail}")
+        raise CommandFailed(f"command failed (exit {process.returncode}), log {log_path}:\n{tail}", log_path)
     return time.perf_counter() - start, usage.ru_utime + usage.ru_stime
 
 

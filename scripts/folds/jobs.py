@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bundle.atomic_files import atomic_write_json
-from bundle.errors import DatasetError
+from bundle.errors import BundleError, DatasetError
 from bundle.training.folds import FOLD_PREFIX, RESUME_FILE, is_finished
 from scripts.comparison.runner import CONFIGS, bundle_command, run_timed
 
@@ -106,20 +107,44 @@ class CrossValidation:
         self.evaluate(fold, "validation")
 
 
+class JobsFailed(BundleError):
+    """Trainings or evaluations of a cross-validation failed; their logs hold the details."""
+
+
+def failure_reason(error: BaseException) -> tuple[str, bool]:
+    """The line that says why a job failed: the ``error:`` line its command ended in (an error the user can fix,
+    without the prefix: True), else the last line of its message (False)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    user = [line for line in lines if line.startswith("error: ")]
+    return (user[-1][len("error: ") :], True) if user else (lines[-1], False)
+
+
 def run_jobs(jobs: Sequence[tuple[str, Callable[[], None]]], processes: int = 1) -> None:
     """Run the named ``jobs``, ``processes`` at a time (each starts its own training processes). A failed job does
-    not stop the others; RuntimeError naming every failed job (and its log's tail) at the end."""
-    failures: list[str] = []
+    not stop the running ones; one that failed on an error the user can fix (e.g. a missing dataset, which every
+    fold would meet) stops the start of new ones. Then :class:`JobsFailed`: one line when every job failed alike."""
+    failures: list[tuple[str, str, str]] = []  # (job, reason, log)
+    stop = threading.Event()
 
     def run(job: tuple[str, Callable[[], None]]) -> None:
         name, function = job
+        if stop.is_set():
+            return
         try:
             function()
-        except Exception as error:  # noqa: BLE001  (reported with the others once every job has run)
-            logger.error("%s failed: %s", name, error)
-            failures.append(f"{name}: {error}")
+        except Exception as error:  # noqa: BLE001  (reported with the others once the running jobs have ended)
+            reason, by_user = failure_reason(error)
+            logger.error("%s failed: %s", name, reason)
+            failures.append((name, reason, str(getattr(error, "log_path", "no log"))))
+            if by_user:
+                stop.set()
 
     with ThreadPoolExecutor(max_workers=max(1, processes)) as pool:
         list(pool.map(run, jobs))
-    if failures:
-        raise RuntimeError(f"{len(failures)} job(s) failed:\n" + "\n".join(failures))
+    if not failures:
+        return
+    names, logs = ", ".join(f[0] for f in failures), ", ".join(f[2] for f in failures)
+    if len({f[1] for f in failures}) == 1:
+        raise JobsFailed(f"{failures[0][1]} ({names} failed; log {logs})")
+    listing = "".join(f"  - {name}: {reason} (log {log})\n" for name, reason, log in failures)
+    raise JobsFailed(f"{listing}{len(failures)} job(s) failed: see the lines above")
