@@ -3,7 +3,8 @@ the device (and an optional time budget), and write the choices with their reaso
 
 The rules are in ``bundle/data/planning.py`` and docs/planning.md. Every choice stays overridable by the usual ids.
 ``--dataset_dir`` is a dataset folder or a datalist file; the masks' label values and formats are printed first, and
-a dataset whose masks hold no foreground stops here in one line.
+a dataset whose masks hold no foreground stops here in one line. With ``--minutes`` the plan also names the
+cross-validation that fits the budget (plan#cross_validation), for ``scripts/train_folds.py --choose PLAN``.
 
 Usage (from the repository root):
     python scripts/plan.py --dataset_dir ../shared/data/monuseg --output runs/monuseg/plan.json [--minutes 30]
@@ -40,7 +41,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--output", required=True, help="plan file to write (a JSON overlay for train.json)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--minutes", type=float, help="training time budget; caps the epochs (measured step time)")
+    parser.add_argument("--minutes", type=float, help="training time budget: caps the epochs, names the folds that fit")
     parser.add_argument("--encoder", default=DEFAULT_ENCODER, choices=sorted(ENCODERS))
     parser.add_argument("--val_fraction", type=float, default=0.2, help="as train.json's val_fraction")
     parser.add_argument("--seed", type=int, default=0, help="as train.json's split_seed")
