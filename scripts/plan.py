@@ -3,7 +3,8 @@ the device (and an optional time budget), and write the choices with their reaso
 
 The rules are in ``bundle/data/planning.py`` and docs/planning.md. Every choice stays overridable by the usual ids.
 ``--dataset_dir`` is a dataset folder or a datalist file; the masks' label values and formats are printed first, and
-a dataset whose masks hold no foreground stops here in one line.
+a dataset whose masks hold no foreground stops here in one line. With ``--minutes`` the plan also names the
+cross-validation that fits the budget (plan#cross_validation), for ``scripts/train_folds.py --choose PLAN``.
 
 Usage (from the repository root):
     python scripts/plan.py --dataset_dir ../shared/data/monuseg --output runs/monuseg/plan.json [--minutes 30]
@@ -15,6 +16,7 @@ Usage (from the repository root):
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
@@ -22,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bundle.atomic_files import atomic_write_json
+from bundle.data.configuration_search import cross_validation_plan, with_cross_validation
 from bundle.data.datasets import load_datalist, training_subset
 from bundle.data.planning import fingerprint, log_plan, measure_seconds_per_step, plan_overlay, plan_training
 from bundle.errors import run_script
@@ -38,7 +41,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--output", required=True, help="plan file to write (a JSON overlay for train.json)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--minutes", type=float, help="training time budget; caps the epochs (measured step time)")
+    parser.add_argument("--minutes", type=float, help="training time budget: caps the epochs, names the folds that fit")
     parser.add_argument("--encoder", default=DEFAULT_ENCODER, choices=sorted(ENCODERS))
     parser.add_argument("--val_fraction", type=float, default=0.2, help="as train.json's val_fraction")
     parser.add_argument("--seed", type=int, default=0, help="as train.json's split_seed")
@@ -74,6 +77,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         plan = plan_training(found, device, args.minutes, learning_rate, seconds)
     log_plan(plan)
     overlay = plan_overlay(found, plan, device)
+    if args.minutes is not None:  # the folds, and the configurations they compare, that fit the budget
+        timer = functools.partial(measure_seconds_per_step, device=device)
+        section, reason = cross_validation_plan(found, plan, device, args.minutes, timer, args.encoder, network["norm"])
+        overlay = with_cross_validation(overlay, section, reason)
+        logging.info("plan: cross_validation = %s", reason)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.output, overlay)
     logging.info("plan written to %s", Path(args.output).resolve())

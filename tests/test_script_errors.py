@@ -64,6 +64,7 @@ def script_cases(tmp_path):
          ckpt),
         ("package_bundle", "scripts/package_bundle.py", ["--bundle-root", str(missing)], missing),
         ("train_two_stage", "scripts/train_two_stage.py", ["--dataset_dir", str(missing)], missing),
+        ("train_folds", "scripts/train_folds.py", ["--work_dir", out, "--dataset_dir", str(missing)], missing),
         ("benchmark", "scripts/benchmark.py", ["--models", "unet", "--output", f"{a_file}/report.md"], a_file),
         ("compare_masks", "scripts/compare_masks.py", [str(missing), str(missing)], missing),
         ("expert_usage", "scripts/expert_usage.py", ["--ckpt", ckpt, "--dataset_dir", str(missing)], missing),

@@ -39,20 +39,52 @@ def bundle_command(configs: Sequence[Path], overrides: dict[str, Any]) -> list[s
     return command
 
 
-def run_logged(command: list[str], log_path: Path, threads: int) -> float:
-    """Run ``command`` from the repository root with ``threads`` CPU threads and its output in ``log_path``.
+class CommandFailed(RuntimeError):
+    """A command of :func:`run_timed` ended with a non-zero status; its output is in ``log_path``."""
 
-    Returns the wall seconds. The thread count is fixed because CPU results depend on it (docs/reliability.md).
+    def __init__(self, message: str, log_path: Path) -> None:
+        super().__init__(message, log_path)
+        self.log_path = log_path
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def run_timed(command: list[str], log_path: Path, threads: int, append: bool = False) -> tuple[float, float]:
+    """Run ``command`` from the repository root with ``threads`` CPU threads and its output in ``log_path``
+    (appended to with ``append``).
+
+    Returns the wall seconds and the CPU seconds (user + system) of the process and the children it waited for
+    (DataLoader workers). The thread count is fixed because CPU results depend on it (docs/reliability.md).
+    Raises :class:`CommandFailed` with the log's tail when the command fails.
     """
     print("$", shlex.join(command), flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     start = time.perf_counter()
-    with open(log_path, "w", encoding="utf-8") as log:
-        result = subprocess.run(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
-    if result.returncode != 0:
+    with open(log_path, "a" if append else "w", encoding="utf-8") as log:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
         tail = "".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines(True)[-30:])
-        raise RuntimeError(f"command failed (exit {result.returncode}), log {log_path}:\n{tail}")
-    return time.perf_counter() - start
+        raise CommandFailed(f"command failed (exit {process.returncode}), log {log_path}:\n{tail}", log_path)
+    return time.perf_counter() - start, usage.ru_utime + usage.ru_stime
+
+
+def run_logged(command: list[str], log_path: Path, threads: int) -> float:
+    """:func:`run_timed`'s wall seconds."""
+    return run_timed(command, log_path, threads)[0]
+
+
+def study_datalist(validation_as_test: bool, train_images: int | None) -> str | None:
+    """The ``datalist`` id of a study (a ``$`` expression), or None for train.json's: ISIC 2017's validation split as
+    test (``validation_as_test``), and a seeded subset of ``train_images`` training + validation pairs."""
+    full_datalist = datalist = "bundle.data.datasets.load_datalist(@dataset_dir, @val_fraction, @split_seed)"
+    if validation_as_test:
+        datalist = f"bundle.data.datasets.validation_as_test({datalist}, @val_fraction, @split_seed)"
+    if train_images:
+        datalist = f"bundle.data.datasets.training_subset({datalist}, {train_images}, @val_fraction, @split_seed)"
+    return None if datalist == full_datalist else "$" + datalist
 
 
 class Comparison:
@@ -68,15 +100,9 @@ class Comparison:
             "batch_size": args.batch_size,
             "num_workers": args.num_workers,
         }
-        full_datalist = datalist = "bundle.data.datasets.load_datalist(@dataset_dir, @val_fraction, @split_seed)"
-        if args.validation_as_test:
-            datalist = f"bundle.data.datasets.validation_as_test({datalist}, @val_fraction, @split_seed)"
-        if args.train_images:
-            datalist = (
-                f"bundle.data.datasets.training_subset({datalist}, {args.train_images}, @val_fraction, @split_seed)"
-            )
-        if datalist != full_datalist:
-            self.budget["datalist"] = "$" + datalist
+        datalist = study_datalist(args.validation_as_test, args.train_images)
+        if datalist is not None:
+            self.budget["datalist"] = datalist
 
     def run_dir(self, key: str) -> Path:
         """The row's run folder: checkpoints, logs and the cached ``result.json``."""

@@ -1,0 +1,1 @@
+"""Cross-validation runs of ``scripts/train_folds.py``: the fold trainings and evaluations, and their summary."""
