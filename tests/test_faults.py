@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bundle import atomic_files, writers
+from bundle import atomic_files
 from bundle.backends.onnx_cache import sha256_record
 from bundle.data.readers import header_problem, image_readers
+from bundle.inference import writers
 from monai.transforms import LoadImage
 from PIL import Image
 

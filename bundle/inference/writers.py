@@ -139,13 +139,17 @@ class FolderWriter:
             self.record(index, error_row(self.plan.inputs[index].relative, failure["error"]))
         self.failures_seen = len(self.batches.failures)
 
-    def write_batch(self, engine: Engine) -> None:
+    def check_disk(self) -> None:
+        """Stop the run once the writer thread found the output disk full."""
         if self.full_disk is not None:
             done = sum(status == OK for status in self.statuses.values())
             raise OutputError(
                 f"the output folder {self.plan.output_dir} is full ({self.full_disk.strerror}) after {done} masks; "
                 "free some space and run again (the masks and rows written are kept)."
             ) from self.full_disk
+
+    def write_batch(self, engine: Engine) -> None:
+        self.check_disk()
         self.record_failures()
         self.pool = self.pool or ThreadPoolExecutor(max_workers=1, thread_name_prefix="mask-writer")
         for item, output in zip(engine.state.batch, engine.state.output):
@@ -206,6 +210,7 @@ class FolderWriter:
 
     def finish(self, engine: Engine) -> None:
         self.wait()
+        self.check_disk()  # a write of the last batch may have found it full
         counts = {status: sum(s == status for s in self.statuses.values()) for status in (OK, SKIPPED)}
         counts = sum_over_ranks({**counts, "errors": len(self.statuses) - sum(counts.values())})  # waits for all ranks
         errors, path = counts.pop("errors"), self.plan.output_dir / REPORT_NAME
