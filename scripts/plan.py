@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bundle.atomic_files import atomic_write_json
-from bundle.data.configuration_search import cross_validation_plan, with_cross_validation
+from bundle.data.configuration_search import cross_validation_plan, search_command, with_cross_validation
 from bundle.data.datasets import load_datalist, training_subset
 from bundle.data.planning import fingerprint, log_plan, measure_seconds_per_step, plan_overlay, plan_training
 from bundle.errors import run_script
@@ -80,8 +80,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     if args.minutes is not None:  # the folds, and the configurations they compare, that fit the budget
         timer = functools.partial(measure_seconds_per_step, device=device)
         section, reason = cross_validation_plan(found, plan, device, args.minutes, timer, args.encoder, network["norm"])
-        overlay = with_cross_validation(overlay, section, reason)
-        logging.info("plan: cross_validation = %s", reason)
+        command = search_command(args.output, args.dataset_dir, args.train_images)
+        overlay = with_cross_validation(overlay, section, reason, command if section else "")
+        logging.info("plan: cross_validation = %s%s", reason, f"; train it: {command}" if section else "")
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.output, overlay)
     logging.info("plan written to %s", Path(args.output).resolve())

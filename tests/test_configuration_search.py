@@ -96,6 +96,8 @@ def test_plan_py_with_a_budget_names_the_cross_validation(tmp_path, monkeypatch)
     candidates = planned["plan"]["cross_validation"]["candidates"]
     assert candidates[0]["name"] == "mobilenetv2-128-fr0" and len(candidates) == 8
     assert "8 configuration(s) x 5 folds" in planned["plan"]["reasons"]["cross_validation"]
+    command = planned["plan"]["cross_validation"]["command"]
+    assert command.startswith(f"python scripts/train_folds.py --choose {tmp_path / 'plan.json'} --work_dir WORK_DIR")
     monkeypatch.setattr(plan_script, "measure_seconds_per_step", lambda net, size, batch, device: 10.0)
     single = plan_script.main([*argv, "--minutes", "60"])
     assert "cross_validation" not in single["plan"] and "one model" in single["plan"]["reasons"]["cross_validation"]

@@ -137,11 +137,20 @@ def cross_validation_plan(
     return section, reason
 
 
-def with_cross_validation(overlay: dict[str, object], section: dict[str, object] | None, reason: str) -> dict:
-    """The plan overlay with ``plan#cross_validation`` (when ``section``) and its reason in ``plan#reasons``."""
+def search_command(plan_path: str | Path, dataset_dir: str | Path, train_images: int | None = None) -> str:
+    """The command that trains a plan's cross-validation (``WORK_DIR``: the user's folder for the folds)."""
+    subset = f" --train_images {train_images}" if train_images else ""
+    return f"python scripts/train_folds.py --choose {plan_path} --work_dir WORK_DIR --dataset_dir {dataset_dir}{subset}"
+
+
+def with_cross_validation(
+    overlay: dict[str, object], section: dict[str, object] | None, reason: str, command: str = ""
+) -> dict[str, object]:
+    """The plan overlay with ``plan#cross_validation`` (when ``section``; with the ``command`` that trains it) and its
+    reason in ``plan#reasons``."""
     plan = {**overlay["plan"], "reasons": {**overlay["plan"]["reasons"], SEARCH_KEY: reason}}
     if section is not None:
-        plan[SEARCH_KEY] = section
+        plan[SEARCH_KEY] = {**section, **({"command": command} if command else {})}
     return {**overlay, "plan": plan}
 
 

@@ -80,8 +80,11 @@ def cross_validation_summary(cv: CrossValidation, single: bool = False) -> dict[
     return summary
 
 
-def _cell(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) and abs(value) < 1 else str(value)
+def _cell(key: str, value: Any) -> str:
+    """A table cell: Dice with 4 decimals, minutes with 2."""
+    if isinstance(value, float):
+        return f"{value:.4f}" if "dice" in key else f"{value:.2f}"
+    return str(value)
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
@@ -102,13 +105,14 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         + ", ".join(f"`--{key} {value}`" for key, value in summary["overrides"].items()),
         "",
         "Validation Dice: mean per image at the original resolution (configs/evaluate.json) of each fold's best "
-        "checkpoint; best logged: the best validation Dice of its training, at the training resolution.",
+        "checkpoint; best logged: the best validation Dice of its training, at the training resolution. Training "
+        "minutes add up the attempts this script ran (a resumed fold: from its resume onwards).",
         "",
         "| " + " | ".join(columns) + " |",
         "|" + " --- |" * len(columns),
     ]
     rows = summary["folds"] + ([summary["single"]] if "single" in summary else [])
-    lines += ["| " + " | ".join(_cell(row[key]) for key in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(_cell(key, row[key]) for key in columns) + " |" for row in rows]
     overall = summary["overall"]
     lines += [
         "",
