@@ -1,5 +1,5 @@
 """Per-stage CPU time of the video path on one video (the profile of ``scripts/bench/video.py``): each stage of a
-frame timed by ``time.thread_time`` on one thread, for the full-frame path (before) and the model-size path of
+frame timed by the process's CPU time, one stage at a time, for the full-frame path (before) and the model-size path of
 :mod:`bundle.video` (now), in the same process on the same frames; :func:`profile_section` says what each does.
 """
 
@@ -29,10 +29,11 @@ STAGES = (
 
 
 def timed(times: dict[str, list[float]], stage: str, function, *args):
-    """``function(*args)``, adding its thread's CPU milliseconds to ``times[stage]``."""
-    start = time.thread_time()
+    """``function(*args)``, adding the process's CPU milliseconds (all threads: libswscale may use several) to
+    ``times[stage]``."""
+    start = time.process_time()
     result = function(*args)
-    times.setdefault(stage, []).append(1000 * (time.thread_time() - start))
+    times.setdefault(stage, []).append(1000 * (time.process_time() - start))
     return result
 
 
@@ -69,7 +70,7 @@ def stage_profile(video: Path, frames: int = 40, skip: int = 5) -> dict[str, dic
     times: dict[str, dict[str, list[float]]] = {"full frame": {}, "model size": {}}
     before, after = times["full frame"], times["model size"]
     with tempfile.TemporaryDirectory(prefix="video-profile-") as tmp:
-        parser = inference_parser({"tta": "none", "dataset_dir": tmp, "output_dir": f"{tmp}/out",
+        parser = inference_parser({"tta": "none", "dataset_dir": str(video.parent), "output_dir": f"{tmp}/out",
                                    "onnx_cache_dir": f"{tmp}/onnx"})  # fmt: skip
         runner, predictor = parser.get_parsed_content("video_runner"), parser.get_parsed_content("predictor")
         threshold, scaler = float(runner.mask_options.get("threshold", 0.5)), FrameScaler()
@@ -122,11 +123,11 @@ def profile_section(profile: dict[str, dict[str, float]], video: str) -> str:
             for stage, label in STAGES]  # fmt: skip
     totals = [sum(profile[stage][path] for stage, _ in STAGES) for path in ("full frame", "model size")]
     body.append(["**total**", f"**{totals[0]:.1f}**", f"**{totals[1]:.1f}**"])
-    table = markdown_table(["Stage (CPU ms per frame, one thread)", "full frame (before)", "model size (now)"], body)
+    table = markdown_table(["Stage (CPU ms per frame)", "full frame (before)", "model size (now)"], body)
     return f"""## Where a {video} frame's time goes
 
-Each stage of a frame timed by the CPU time of the thread that runs it, every stage on one thread (decoder,
-encoder, libswscale, torch and ONNX Runtime), median over the frames, for two pipelines in the same process on the
+Each stage of a frame timed by the process's CPU time (all threads) while it runs alone, the decoder, encoder, torch
+and ONNX Runtime on one thread each, median over the frames, for two pipelines in the same process on the
 same frames of the {video} video (`scripts/bench/video_profile.py`). Full frame (the path before decoding at the
 model's size): RGB at the video's size, the config's transforms resizing it (anti-aliased) to the model's input,
 the logits resized back to the whole frame by torch and thresholded there, the overlay drawn on the RGB frame, which
