@@ -238,7 +238,9 @@ def run_suite(args: argparse.Namespace, argv: list[str]) -> int:
         smoothing = results_section(study(run_inference), default)
     load_end = os.getloadavg()[0]
     measurements, goals = results_table(rounds) if keys else ("", "")
-    report = format_report(args, argv, measurements, goals, profile + smoothing, (load_start, load_end))
+    report = format_report(
+        args, argv, measurements, goals, "\n".join(filter(None, (profile, smoothing))), (load_start, load_end)
+    )
     print(report)
     if not args.no_write:
         atomic_write_text(args.output, report)

@@ -132,14 +132,16 @@ same frames of the {video} video (`scripts/bench/video_profile.py`). Full frame 
 model's size): RGB at the video's size, the config's transforms resizing it (anti-aliased) to the model's input,
 the logits resized back to the whole frame by torch and thresholded there, the overlay drawn on the RGB frame, which
 the encoder converts to YUV (x264 `ultrafast`). Model size (the shipped path): the picture kept in YUV as decoded,
-the model's input decoded at its size by libswscale, the mask resized over its bounding box only (Pillow), the
-overlay drawn on the YUV planes through lookup tables, x264 `ultrafast` tuned `zerolatency`.
+the model's input resized by libswscale to twice its size in 4:2:0 and averaged 2×2 (Pillow), the mask resized
+over its bounding box only (Pillow), the overlay drawn on the YUV planes through lookup tables, x264 `ultrafast`
+tuned `zerolatency`.
 
 {table}
 
 The two columns differ in the display-size work: a colour conversion of the whole frame each way, the
 transforms' anti-aliased resize of the whole frame, and the float resize of the logits to the whole frame are gone;
-what is left at display size is 8-bit (the YUV copy, the lookup tables over the mask's box, the encoder). With
-the decoder, the model and the encoder on their own threads, frames/s end to end approaches
-2 cores × 1000 / the total when nothing else runs on the machine.
+what is left at display size is 8-bit (the YUV copy, the lookup tables over the mask's box, the encoder). Two idle
+cores give 2000 CPU ms a second: {2000 / totals[1]:.0f} frames/s at {totals[1]:.1f} ms a frame ({2000 / totals[0]:.0f} at
+{totals[0]:.1f}), a bound the end-to-end rows do not reach: they run the stages on several threads at once (the model
+on two), whose waiting and the machine's load add CPU time (their CPU ms / frame column).
 """
