@@ -34,7 +34,7 @@ MOVED: dict[str, tuple[str, ...]] = {  # old module -> the modules that hold its
     "bundle.tta": ("bundle.inference.tta",),
     "bundle.sharding": ("bundle.inference.sharding",),
     "bundle.end_to_end": ("bundle.inference.end_to_end",),
-    "bundle.video_io": ("bundle.video.io", "bundle.inference.outputs", "bundle.formats"),
+    "bundle.video_io": ("bundle.video.io", "bundle.video.display", "bundle.inference.outputs", "bundle.formats"),
 }
 OLD_MODULES_NOW_PACKAGES: dict[str, str] = {  # these names are packages now; their old modules' names live in
     "bundle.data": "bundle.data.datasets",

@@ -32,6 +32,14 @@ def postprocess_mask(
     mask = (
         np.asarray(AsDiscrete(threshold=threshold)(probabilities)) > 0
     )  # MONAI's rule (>= threshold), as evaluation's
+    return clean_mask(mask, keep_largest_component, fill_holes, min_component_size)
+
+
+def clean_mask(
+    mask: np.ndarray, keep_largest_component: bool = False, fill_holes: bool = False, min_component_size: int = 0
+) -> np.ndarray:
+    """(H, W) bool mask -> (H, W) bool mask: :func:`postprocess_mask`'s steps after the threshold. Holes touching the
+    edge stay open, so a crop of a mask that holds all its foreground gives the crop of the whole mask's result."""
     if min_component_size > 0:
         mask = remove_small_objects(mask, max_size=min_component_size - 1, connectivity=2)
     if fill_holes:

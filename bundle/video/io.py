@@ -1,12 +1,12 @@
-"""Video files through PyAV (FFmpeg): decoding frames in a worker thread (rotation applied, original size, memory
-bounded), and the overlay video's encoder (atomic). :mod:`bundle.video.runner` runs the model on them; where the
-outputs go is :mod:`bundle.inference.outputs`'s.
+"""Video files through PyAV (FFmpeg): decoding frames in a worker thread (the displayed picture in YUV at its size,
+rotation applied, and the model's input resized there by libswscale; memory bounded), and the overlay video's
+encoder (atomic, x264 ``ultrafast``/``zerolatency``). :mod:`bundle.video.display` holds the pictures and their
+drawing; :mod:`bundle.video.runner` runs the model on them; where the outputs go is :mod:`bundle.inference.outputs`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import queue
 import tempfile
@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-OVERLAY_COLOUR = np.array((0, 255, 0), np.float32)
+from .display import FrameScaler, Picture, display_picture, displayed, model_rgb, picture_format
+
 VFR_TOLERANCE = 0.1  # frame intervals that differ from their median by more than 10% make a variable frame rate
 
 
@@ -29,14 +30,15 @@ class VideoError(Exception):
 
 @dataclass
 class Frame:
-    """One decoded frame: ``rgb`` (H, W, 3) uint8 as displayed (rotation applied), its index, its time in seconds,
-    ``pts`` in the stream's time base, ``arrived`` (``time.perf_counter()`` when it was decoded; in real time, when
-    it was due) and ``item`` (the worker's ``prepare(rgb)``, e.g. the model input)."""
+    """One decoded frame: its index, its time in seconds, ``pts`` in the stream's time base, ``picture`` (the
+    :class:`~bundle.video.display.Picture` as displayed, rotation applied), ``arrived`` (``time.perf_counter()`` when
+    it was decoded; in real time, when it was due) and ``item`` (the worker's ``prepare(rgb)``, e.g. the model
+    input)."""
 
     index: int
     time: float
     pts: int
-    rgb: np.ndarray
+    picture: Picture
     arrived: float
     item: object = None
 
@@ -74,16 +76,11 @@ def open_video(path: str | os.PathLike):
     return container, stream, info
 
 
-def displayed(frame) -> np.ndarray:
-    """(H, W, 3) uint8 RGB of a PyAV frame as a player shows it: its display-matrix rotation applied."""
-    rgb = frame.to_ndarray(format="rgb24")
-    turns = int(round(getattr(frame, "rotation", 0) or 0)) // 90 % 4
-    return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
-
-
 class FrameReader:
     """Decodes ``path`` in a worker thread into a bounded queue of :class:`Frame` (at most ``ahead`` frames wait, so
-    memory stays bounded whatever the video's size and length), calling ``prepare(rgb)`` there too.
+    memory stays bounded whatever the video's size and length), calling ``prepare(rgb)`` there too: ``rgb`` (h, w, 3)
+    uint8 is the displayed frame resized to ``model_size`` (h, w) by libswscale from the decoded frame when it is
+    larger along both axes (:func:`~bundle.video.display.model_rgb`), else the displayed frame at its size.
 
     ``realtime``: frames are released at their timestamps, as a camera would deliver them (the source's pace),
     and never wait: a frame decoded more than a frame interval late while the model still has one waiting, or the
@@ -93,9 +90,11 @@ class FrameReader:
     """
 
     def __init__(self, path: str | os.PathLike, prepare: Callable[[np.ndarray], object], ahead: int = 8,
-                 realtime: bool = False) -> None:  # fmt: skip
+                 realtime: bool = False, model_size: Sequence[int] | None = None) -> None:  # fmt: skip
         self.container, self.stream, self.info = open_video(path)
         self.prepare, self.realtime = prepare, realtime
+        self.model_size = tuple(int(s) for s in model_size) if model_size else None
+        self.scaler = FrameScaler()
         self.frames: queue.Queue = queue.Queue(maxsize=max(1, ahead))
         self.error: str = ""
         self.skipped: list[tuple[int, float]] = []  # real time: (index, time) of frames dropped, the queue full
@@ -118,10 +117,10 @@ class FrameReader:
                         continue
                     time.sleep(max(0.0, start + seconds - arrived))
                     arrived = min(time.perf_counter(), start + seconds)
-                rgb = displayed(frame)
                 pts = frame.pts if frame.pts is not None else round(seconds / self.info.time_base)
-                item = Frame(index, seconds, pts, rgb, arrived)
-                item.item = self.prepare(rgb)
+                item = Frame(index, seconds, pts, display_picture(frame, self.scaler), arrived)
+                small = model_rgb(frame, self.model_size, self.scaler) if self.model_size else None
+                item.item = self.prepare(displayed(frame) if small is None else small)
                 self._put(item)
         except Exception as error:  # a corrupt packet or a truncated file: the frames so far are kept
             self.error = " ".join(str(error).split())[:200] or type(error).__name__
@@ -165,44 +164,13 @@ class FrameReader:
         self.container.close()
 
 
-def overlay_frame(rgb: np.ndarray, mask: np.ndarray, fill: float = 0.3) -> np.ndarray:
-    """(H, W, 3) uint8 frame with the (H, W) bool mask's outline in green (about 1/360 of the height thick, the
-    image edge closing it) and, ``fill`` > 0, a translucent green fill of that opacity. Only the mask's bounding
-    box is computed: the fill through a 256-entry table per channel, the outline as the mask minus its erosion by
-    4-neighbour steps on slices (no full-frame temporaries)."""
-    out = rgb.copy()
-    rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
-        return out
-    box = np.s_[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1]
-    region, inside = out[box], mask[box]
-    if fill > 0:
-        table = blend_table(fill)
-        for channel in range(3):
-            values = region[..., channel]
-            np.copyto(values, table[:, channel].take(values), where=inside)
-    eroded = np.pad(inside, 1)
-    for _ in range(max(1, rgb.shape[0] // 360)):
-        eroded[1:-1, 1:-1] = (
-            eroded[1:-1, 1:-1] & eroded[:-2, 1:-1] & eroded[2:, 1:-1] & eroded[1:-1, :-2] & eroded[1:-1, 2:]
-        )
-    region[inside & ~eroded[1:-1, 1:-1]] = OVERLAY_COLOUR.astype(np.uint8)
-    return out
-
-
-@functools.lru_cache(maxsize=8)
-def blend_table(fill: float) -> np.ndarray:
-    """(256, 3) uint8: each channel value v blended towards :data:`OVERLAY_COLOUR` with opacity ``fill``."""
-    values = np.arange(256, dtype=np.float64)[:, None]
-    return (values * (1 - fill) + OVERLAY_COLOUR * fill).astype(np.uint8)
-
-
 class OverlayVideo:
     """An H.264 MP4 written to a hidden temporary file beside ``path`` and renamed onto ``path`` by :meth:`commit`
     (:meth:`discard` removes it), so a killed run never leaves a partial file under the final name.
 
     Frames keep their size (odd sizes are encoded 4:4:4) and timestamps (``pts`` in ``time_base``), so a variable
-    frame rate or dropped frames play at their times.
+    frame rate or dropped frames play at their times. x264's fastest preset, tuned for low latency (no frame held
+    back for look-ahead: each frame is encoded when it is written).
     """
 
     def __init__(self, path: Path, fps: float, time_base: Fraction, size: tuple[int, int]) -> None:
@@ -216,19 +184,18 @@ class OverlayVideo:
         self.container = av.open(str(self.tmp), "w", format="mp4")
         self.stream = self.container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         self.stream.height, self.stream.width = size
-        self.stream.pix_fmt = "yuv420p" if size[0] % 2 == 0 and size[1] % 2 == 0 else "yuv444p"
+        self.stream.pix_fmt = picture_format(*size)
         self.stream.time_base = time_base
         self.stream.codec_context.time_base = time_base
-        self.stream.options = {"preset": "ultrafast", "crf": "23"}
+        self.stream.options = {"preset": "ultrafast", "tune": "zerolatency", "crf": "23"}
         self.last_pts: int | None = None
 
-    def write(self, rgb: np.ndarray, pts: int) -> None:
-        import av
-
+    def write(self, picture: Picture, pts: int) -> None:
+        """Encode ``picture`` (of the stream's size and :func:`~bundle.video.display.picture_format`) at ``pts``."""
         if self.last_pts is not None and pts <= self.last_pts:
             pts = self.last_pts + 1  # a stream with repeated timestamps: keep them increasing
         self.last_pts = pts
-        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        frame = picture.video_frame()
         frame.pts, frame.time_base = pts, self.stream.codec_context.time_base
         self.container.mux(self.stream.encode(frame))
 

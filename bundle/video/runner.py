@@ -2,10 +2,11 @@
 image path's transforms, backend, inferer and mask post-processing, with optional temporal smoothing, and gives
 ``NAME.overlay.mp4``, ``NAME.frames.csv``, optionally the masks in ``NAME/``, and one row of ``predictions.csv``.
 
-Per frame: decode (worker thread, :class:`~bundle.video.io.FrameReader`) -> ``frame_transform`` (the config's channel,
-resize and normalisation transforms, (3, h, w) model input) -> batches of ``batch_size`` through ``inferer`` and
-``predictor`` -> EMA of the probabilities (``temporal_smoothing``) -> logits resized back to (H, W) bilinearly, sigmoid
-and ``mask_options`` (as ``Invertd`` + ``Activationsd`` + ``BinaryMaskd``) -> overlay, PNG and row (writer thread).
+Per frame: decode (worker thread, :class:`~bundle.video.io.FrameReader`: the displayed picture in YUV, and the frame
+resized to ``decode_size`` by libswscale) -> ``frame_transform`` (the config's channel, resize and normalisation
+transforms, (3, h, w) model input) -> batches of ``batch_size`` through ``inferer`` and ``predictor`` -> EMA of the
+probabilities (``temporal_smoothing``) -> (writer thread) logits resized back to (H, W) bilinearly over the mask's box,
+threshold and ``mask_options`` (as ``Invertd`` + ``Activationsd`` + ``BinaryMaskd``) -> overlay, PNG and row.
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from ignite.engine import Engine, Events
 from monai.data import MetaTensor
 
@@ -34,7 +34,8 @@ from ..inference.postprocessing import postprocess_mask
 from ..inference.quality import qc_score, quality_features
 from ..inference.report import OK, error_row
 from ..inference.tta import TTAInferer, logits_of, probabilities
-from .io import Frame, FrameReader, OverlayVideo, VideoError, overlay_frame, variable_frame_rate
+from .display import DisplayMask, display_mask, draw_mask, picture_colour
+from .io import Frame, FrameReader, OverlayVideo, VideoError, variable_frame_rate
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,9 @@ class VideoRunner:
         batch_size: frames per model call (1 in real time).
         overlay_fill: opacity of the mask's fill in the overlay (0: outline only).
         device: where the model input goes; ``amp``: autocast there.
+        decode_size: (h, w) that ``frame_transform`` resizes frames to (the model's input size): frames larger
+            along both axes are decoded at it by libswscale (anti-aliased bilinear) in the decoding thread, so the
+            transforms have no resizing left; None: frames reach ``frame_transform`` at their size.
     """
 
     def __init__(
@@ -87,6 +91,7 @@ class VideoRunner:
         overlay_fill: float = 0.3,
         device: torch.device | str = "cpu",
         amp: bool = False,
+        decode_size: Sequence[int] | None = None,
     ) -> None:
         self.plan, self.writer, self.predictor = plan, writer, predictor
         self.realtime = flag(realtime, "realtime")
@@ -95,6 +100,7 @@ class VideoRunner:
         self.smoothing = smoothing_strength(temporal_smoothing)
         self.batch_size = 1 if self.realtime else max(1, int(batch_size))
         self.overlay_fill, self.device, self.amp = float(overlay_fill), torch.device(device), bool(amp)
+        self.decode_size = tuple(int(s) for s in decode_size) if decode_size else None
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self.run)
@@ -110,7 +116,7 @@ class VideoRunner:
             self.writer.record(index, row)
 
     def prepare(self, rgb: np.ndarray) -> torch.Tensor:
-        """(H, W, 3) uint8 frame -> (3, h, w) model input (runs in the decoding thread)."""
+        """(h, w, 3) uint8 frame (at ``decode_size`` or its own) -> (3, h, w) model input (decoding thread)."""
         image = MetaTensor(torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))))
         return torch.as_tensor(self.frame_transform({"image": image})["image"]).as_subclass(torch.Tensor)
 
@@ -157,7 +163,7 @@ class VideoRunner:
 
     def segment(self, plan: InputPlan) -> dict[str, object]:
         """Segment one video; its outputs appear under their final names only when it is done."""
-        reader = FrameReader(plan.source, self.prepare, ahead=self.batch_size, realtime=self.realtime)
+        reader = FrameReader(plan.source, self.prepare, self.batch_size, self.realtime, self.decode_size)
         outputs = StagedOutputs(plan, reader.info)
         pool, pending = ThreadPoolExecutor(1, thread_name_prefix="video-writer"), []
         rows: dict[int, dict[str, object]] = {}
@@ -167,9 +173,9 @@ class VideoRunner:
             for frames in self.batches(reader, dropped):
                 logits, spreads = self.low_res_probabilities(frames)
                 logits, previous = self.smooth(logits, previous)
-                low = torch.sigmoid(logits.cpu())[:, 0].numpy()
-                for frame, prob, small, spread in zip(frames, self.full_size(logits, frames), low, spreads):
-                    pending.append(pool.submit(self.finish_frame, frame, prob, (small, spread), outputs, rows))
+                logits = logits.cpu()[:, 0]
+                for frame, logit, small, spread in zip(frames, logits.numpy(), torch.sigmoid(logits).numpy(), spreads):
+                    pending.append(pool.submit(self.finish_frame, frame, logit, (small, spread), outputs, rows))
                 while len(pending) > self.batch_size:  # memory: a batch waits for the writer, at most
                     pending.pop(0).result()
             for future in pending:
@@ -190,32 +196,21 @@ class VideoRunner:
             reader.close()
         return self.report_row(plan, reader, ordered, seconds, outputs)
 
-    def full_size(self, logits: torch.Tensor, frames: list[Frame]) -> list[np.ndarray | None]:
-        """(H, W) probabilities of each frame: (B, 1, h, w) ``logits`` resized bilinearly to the frames' size, then
-        sigmoid (``Invertd`` + ``Activationsd``). None for a frame whose every probability is below ``threshold``
-        at the model's size (bilinear values lie between their neighbours', so its mask is empty)."""
-        threshold = float(self.mask_options.get("threshold", 0.5)) - 1e-4  # margin: float rounding
-        needed = [index for index, frame in enumerate(logits) if float(torch.sigmoid(frame.max())) >= threshold]
-        result: list[np.ndarray | None] = [None] * len(frames)
-        if needed:
-            full = F.interpolate(logits[needed].cpu(), size=frames[0].rgb.shape[:2], mode="bilinear")
-            for index, prob in zip(needed, torch.sigmoid_(full)[:, 0].numpy()):
-                result[index] = prob
-        return result
-
-    def finish_frame(self, frame: Frame, prob: np.ndarray, low: tuple, outputs: StagedOutputs, rows: dict) -> None:
-        """Writer thread: the mask of (H, W) probabilities ``prob``, its overlay frame, optional PNG and the frame's
-        row. ``low``: the (h, w) probabilities at the model's size and the TTA spread, for ``qc_score``."""
-        mask = postprocess_mask(prob, **self.mask_options) if prob is not None else np.zeros(frame.rgb.shape[:2], bool)
-        overlay = overlay_frame(frame.rgb, mask, self.overlay_fill)
+    def finish_frame(self, frame: Frame, logits: np.ndarray, low: tuple, outputs: StagedOutputs, rows: dict) -> None:
+        """Writer thread: the display-size mask of the (h, w) ``logits`` (:func:`~bundle.video.display.display_mask`
+        and ``mask_options``), drawn on the frame's picture (the overlay frame), optional PNG and the frame's row.
+        ``low``: the (h, w) probabilities and the TTA spread, for ``qc_score``."""
+        options = dict(self.mask_options)
+        mask = display_mask(logits, frame.picture.shape, options.pop("threshold", 0.5)).cleaned(**options)
+        draw_mask(frame.picture.planes(), picture_colour(frame.picture.format), mask, self.overlay_fill)
         latency = time.perf_counter() - frame.arrived  # the overlay is ready to show; encoding it records it
-        outputs.write(frame, mask, overlay)
+        outputs.write(frame, mask)
         rows[frame.index] = {
             "frame": frame.index,
             "time_s": f"{frame.time:.6f}",
             "dropped": 0,
             "polyp": int(mask.any()),
-            "area_fraction": f"{mask.mean():.6f}",
+            "area_fraction": f"{mask.area_fraction():.6f}",
             "qc_score": frame_quality(*low, self.mask_options),
             "latency_ms": f"{latency * 1000:.2f}",
         }
@@ -276,13 +271,14 @@ class StagedOutputs:
             self.partial = Path(tempfile.mkdtemp(prefix=name, suffix=".partial", dir=self.frames_dir.parent))
             os.chmod(self.partial, 0o755)  # mkdtemp's 0700 would stay on the final folder
 
-    def write(self, frame: Frame, mask: np.ndarray, overlay: np.ndarray) -> None:
+    def write(self, frame: Frame, mask: DisplayMask) -> None:
+        """Encode the frame's picture (the overlay drawn on it) and write its mask's PNG."""
         if self.overlay is None:
-            self.size = frame.rgb.shape[:2]
+            self.size = frame.picture.shape
             self.overlay = OverlayVideo(self.overlay_path, self.info.fps, self.info.time_base, self.size)
-        self.overlay.write(overlay, frame.pts)
+        self.overlay.write(frame.picture, frame.pts)
         if self.partial is not None:
-            write_png(self.partial / f"{frame.index:06d}_mask.png", mask.astype(np.uint8) * 255)
+            write_png(self.partial / f"{frame.index:06d}_mask.png", mask.full().astype(np.uint8) * 255)
 
     def commit(self, rows: list[dict]) -> None:
         if self.overlay is None:

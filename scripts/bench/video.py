@@ -30,7 +30,7 @@ from PIL import Image
 from scripts.doc_command import relative_command
 
 from .measure import cpu_model, markdown_table
-from .throughput import INFERENCE_CONFIG, KVASIR, REPO_ROOT, inference_parser, kvasir_test_images, timed_evaluation
+from .throughput import INFERENCE_CONFIG, KVASIR, REPO_ROOT, evaluation_times, inference_parser, kvasir_test_images
 
 FPS, FRAMES = 25, 75  # the rendered videos: 3 s at 25 frames/s
 SIZES = {"576p": (576, 720), "1080p": (1080, 1920)}  # (H, W): PAL SD (colonoscopy recorders) and full HD
@@ -56,8 +56,15 @@ ROWS: dict[str, VideoRow] = {
     "1080p-realtime": VideoRow("1080p", "video, --realtime true", {"realtime": True}),
     "1080p-folder": VideoRow("1080p", "folder of its frames (JPG), --tta none", {"tta": "none"}, folder=True),
     "clinicdb": VideoRow("", "CVC-ClinicDB study (video vs image path, temporal smoothing)"),
+    "profile": VideoRow("1080p", "CPU time per stage, full-frame path against model-size path"),
 }
-GOALS = {"576p-notta": ("frames/s", 30.0), "1080p-notta": ("frames/s", 25.0), "realtime": ("p95 latency ms", 50.0)}
+STUDIES = ("clinicdb", "profile")  # not rows of the measurement table
+GOALS = [  # (rows whose key ends so, measure, its name, at least (+1) or at most (-1), target)
+    ("576p-notta", "fps", "frames/s", 1, 30.0),
+    ("1080p-notta", "fps", "frames/s", 1, 25.0),
+    ("realtime", "p95", "p95 latency ms", -1, 50.0),
+    ("realtime", "dropped_percent", "% of frames dropped", -1, 5.0),
+]
 
 
 def camera_path(index: int, count: int) -> tuple[float, float, float]:
@@ -105,26 +112,26 @@ def decoded_jpgs(video: Path, folder: Path) -> int:
     return index + 1
 
 
-def run_inference(dataset_dir: Path, output_dir: Path, overrides: dict[str, Any]) -> tuple[float, list[dict]]:
-    """(seconds, report rows) of inference.json's evaluator on ``dataset_dir`` with the shipped model, on the CPU;
-    the evaluator is built (one-off ONNX export) before the clock starts."""
+def run_inference(dataset_dir: Path, output_dir: Path, overrides: dict[str, Any]) -> tuple[float, float, list[dict]]:
+    """(seconds, CPU seconds of all threads, report rows) of inference.json's evaluator on ``dataset_dir`` with the
+    shipped model, on the CPU; the evaluator is built (one-off ONNX export) before the clocks start."""
     paths = {"dataset_dir": str(dataset_dir), "output_dir": str(output_dir)}
-    return timed_evaluation(inference_parser({**paths, "onnx_cache_dir": str(output_dir.parent / "onnx"), **overrides}))
+    return evaluation_times(inference_parser({**paths, "onnx_cache_dir": str(output_dir.parent / "onnx"), **overrides}))
 
 
 def measure(key: str, inputs: Path) -> dict[str, float]:
-    """Frames/s end to end, per-frame latency p50/p95 (ms) and frames dropped of row ``key`` on ``inputs``
-    (``<size>.mp4`` and the folder ``<size>_frames/``)."""
+    """Frames/s end to end, CPU time per frame (ms, all threads), per-frame latency p50/p95 (ms) and frames dropped
+    of row ``key`` on ``inputs`` (``<size>.mp4`` and the folder ``<size>_frames/``)."""
     row = ROWS[key]
     with tempfile.TemporaryDirectory(prefix="video-bench-") as tmp:
         out = Path(tmp) / "out"
         if row.folder:
-            seconds, report = run_inference(inputs / f"{row.size}_frames", out, row.overrides)
-            return {"fps": len(report) / seconds}
+            seconds, cpu, report = run_inference(inputs / f"{row.size}_frames", out, row.overrides)
+            return {"fps": len(report) / seconds, "cpu": 1000 * cpu / len(report)}
         folder = Path(tmp) / "in"
         folder.mkdir()
         (folder / "video.mp4").symlink_to(inputs / f"{row.size}.mp4")
-        seconds, report = run_inference(folder, out, row.overrides)
+        seconds, cpu, report = run_inference(folder, out, row.overrides)
         if report[0].get("status") != "ok":
             raise RuntimeError(f"the video was not segmented: {report[0]}")
         import csv
@@ -135,6 +142,7 @@ def measure(key: str, inputs: Path) -> dict[str, float]:
         done = len(latencies)
         return {
             "fps": done / seconds,
+            "cpu": 1000 * cpu / len(frames),
             "p50": float(np.percentile(latencies, 50)),
             "p95": float(np.percentile(latencies, 95)),
             "dropped": len(frames) - done,
@@ -182,21 +190,21 @@ def results_table(rounds: dict[str, list[dict[str, float]]]) -> tuple[str, str]:
     body = []
     for key, values in rounds.items():
         row = ROWS[key]
-        cells = [median_cell([v[name] for v in values]) if name in values[0] else "–" for name in ("p50", "p95")]
+        cells = [median_cell([v[name] for v in values]) if name in values[0] else "–" for name in ("cpu", "p50", "p95")]
         dropped = (
             "–" if row.folder else f"{statistics.median(v['dropped'] for v in values):.0f} / {values[0]['frames']:.0f}"
         )
         body.append([row.size, row.label, median_cell([v["fps"] for v in values]), *cells, dropped])
-    head = ["Video", "Path", "frames/s end to end", "latency p50 (ms)", "latency p95 (ms)", "dropped / frames"]
+    head = ["Video", "Path", "frames/s end to end", "CPU ms / frame", "latency p50 (ms)", "latency p95 (ms)",
+            "dropped / frames"]  # fmt: skip
     goals = []
-    for key, (metric, target) in GOALS.items():
-        keys = [k for k in rounds if k.endswith(key)] if key == "realtime" else [key] * (key in rounds)
-        for k in keys:
-            value = statistics.median(v["p95" if metric.startswith("p95") else "fps"] for v in rounds[k])
-            met = value <= target if metric.startswith("p95") else value >= target
-            sign = "≤" if metric.startswith("p95") else "≥"
-            goals.append([f"{ROWS[k].size} {ROWS[k].label}", f"{metric} {sign} {target:g}", f"{value:.1f}",
-                          "PASS" if met else "FAIL"])  # fmt: skip
+    for suffix, measure_name, metric, direction, target in GOALS:
+        for k in [k for k in rounds if k.endswith(suffix)]:
+            values = [{**v, "dropped_percent": 100 * v.get("dropped", 0) / v.get("frames", 1)} for v in rounds[k]]
+            value = statistics.median(v[measure_name] for v in values)
+            met = value * direction >= target * direction
+            goals.append([f"{ROWS[k].size} {ROWS[k].label}", f"{metric} {'≥' if direction > 0 else '≤'} {target:g}",
+                          f"{value:.1f}", "PASS" if met else "FAIL"])  # fmt: skip
     return markdown_table(head, body), markdown_table(["Row", "Goal", "Measured", ""], goals)
 
 
@@ -204,17 +212,18 @@ def run_suite(args: argparse.Namespace, argv: list[str]) -> int:
     """The suite for ``scripts/benchmark.py --suite video`` (module docstring); returns the exit code."""
     from bundle.atomic_files import atomic_write_text
 
+    from .video_profile import profile_section
     from .video_smoothing import results_section, study
 
     if not KVASIR.is_dir():
         print(f"error: the video suite needs Kvasir-SEG in {KVASIR}; not found.", file=sys.stderr)
         return 2
     start, load_start = time.perf_counter(), os.getloadavg()[0]
-    keys = [key for key in ROWS if key in args.models and key != "clinicdb"]
+    keys = [key for key in ROWS if key in args.models and key not in STUDIES]
     rounds: dict[str, list[dict[str, float]]] = {key: [] for key in keys}
     with tempfile.TemporaryDirectory(prefix="video-suite-") as tmp:
         inputs = Path(tmp)
-        for size in sorted({ROWS[key].size for key in keys}):
+        for size in sorted({ROWS[key].size for key in keys + ["profile"] * ("profile" in args.models)}):
             render_video(inputs / f"{size}.mp4", SIZES[size])
             decoded_jpgs(inputs / f"{size}.mp4", inputs / f"{size}_frames")
         if not args.no_write and "576p" in {ROWS[key].size for key in keys}:
@@ -223,13 +232,16 @@ def run_suite(args: argparse.Namespace, argv: list[str]) -> int:
             for key in keys[r % len(keys) :] + keys[: r % len(keys)] if keys else []:
                 rounds[key].append(worker(key, inputs, args.threads))
                 print(f"[round {r + 1}/{args.repeats}] {key}: {rounds[key][-1]}", file=sys.stderr)
+        profile = profile_section(worker("profile", inputs, 1), "1080p") if "profile" in args.models else ""
     smoothing = ""
     if "clinicdb" in args.models:
         default = float(json.loads(INFERENCE_CONFIG.read_text(encoding="utf-8"))["temporal_smoothing"])
         smoothing = results_section(study(run_inference), default)
     load_end = os.getloadavg()[0]
     measurements, goals = results_table(rounds) if keys else ("", "")
-    report = format_report(args, argv, measurements, goals, smoothing, (load_start, load_end))
+    report = format_report(
+        args, argv, measurements, goals, "\n".join(filter(None, (profile, smoothing))), (load_start, load_end)
+    )
     print(report)
     if not args.no_write:
         atomic_write_text(args.output, report)
@@ -266,12 +278,15 @@ Command: `{command}`
 process per measurement, {args.repeats} round(s) (median; each round in brackets). Videos rendered for the run in a
 temporary folder: {FRAMES} frames at {FPS} frames/s, H.264 (crf 18, yuv420p), a camera panning and zooming (1.0–1.6×)
 over Kvasir-SEG test images, a new image every 2 s; 576p = 720×576, 1080p = 1920×1080. Frames/s end to end =
-frames segmented / seconds of `evaluator.run()` (decoding in its thread, frame transforms, model, resizing back,
-masks, overlay drawn and H.264-encoded, `NAME.frames.csv`, `predictions.csv`). Latency per frame = from the frame
-decoded (in real time: released at its timestamp, as a camera delivers it) to its overlay frame drawn, from
-`latency_ms` of `NAME.frames.csv`; in batch mode it includes the wait for the batch. `--realtime true`: no TTA, batch 1,
-frames released at the source's pace, older waiting frames dropped. Folder path: the same frames decoded to JPG
-(quality 95), `--tta none`, images/s.
+frames segmented / seconds of `evaluator.run()` (decoding in its thread, the model's input resized there by
+libswscale; transforms at the input size; model; masks resized back over their box; overlay drawn on the YUV picture
+and H.264-encoded, x264 `ultrafast` `zerolatency`; `NAME.frames.csv`, `predictions.csv`). CPU ms / frame = CPU time
+of all the process's threads during `evaluator.run()` / frames (images): less disturbed by other processes than
+frames/s, though thread pools that spin while waiting and shared caches raise it under load. Latency per frame =
+from the frame decoded (in real time: released at its timestamp, as a camera delivers it) to its overlay frame
+drawn, from `latency_ms` of `NAME.frames.csv`; in batch mode it includes the wait for the batch. `--realtime true`:
+no TTA, batch 1, frames released at the source's pace, older waiting frames dropped. Folder path: the same frames
+decoded to JPG (quality 95), `--tta none`, images/s.
 
 {measurements}
 
@@ -293,7 +308,12 @@ def worker_main(argv: list[str]) -> int:
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
-    print(json.dumps(measure(options.worker, options.input)))
+    if options.worker == "profile":
+        from .video_profile import stage_profile
+
+        print(json.dumps(stage_profile(options.input / "1080p.mp4")))
+    else:
+        print(json.dumps(measure(options.worker, options.input)))
     return 0
 
 
