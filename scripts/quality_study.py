@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 from bundle.atomic_files import atomic_write_json, atomic_write_text
+from bundle.errors import run_script
 from bundle.inference.quality import MODEL_PATH
 from scripts.quality.cache import cache_set
 from scripts.quality.candidates import CachedSet
@@ -39,15 +40,11 @@ from scripts.quality.study import (
     BASELINE,
     HeldOut,
     SetFeatures,
-    bundle.errors,
     choose,
     final_model,
-    from,
-    import,
     leave_one_out,
     measure,
     review_rows,
-    run_script,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
