@@ -119,22 +119,28 @@ def inference_settings() -> dict[str, Any]:
 
 
 def measure_throughput(key: str) -> float:
-    """Images/s of inference.json's ``evaluator`` on the Kvasir-SEG test JPGs, for pipeline row ``key``.
-
-    Builds a random checkpoint of the row's network, links the images into a temporary folder, builds the
-    evaluator (for ``backend auto``: the one-off ONNX export into a fresh cache, not timed) and times its run
-    (worker start, decode, resize, model, inversion, post-processing, writing).
-    """
+    """Images/s of inference.json's ``evaluator`` on the Kvasir-SEG test JPGs, for pipeline row ``key``, with a
+    random checkpoint of the row's network (:func:`folder_images_per_s`)."""
     pipeline = PIPELINES[key]
     with tempfile.TemporaryDirectory(prefix="throughput-") as tmp:
-        images, output, ckpt = Path(tmp) / "images", Path(tmp) / "predictions", Path(tmp) / "model.pt"
-        images.mkdir()
-        for source in kvasir_test_images():
-            (images / source.name).symlink_to(source.resolve())
+        ckpt = Path(tmp) / "model.pt"
         torch.save(build(ROWS[key]).state_dict(), ckpt)
-        overrides = {"dataset_dir": str(images), "output_dir": str(output), "ckpt_path": str(ckpt)}
-        overrides |= {"onnx_cache_dir": str(Path(tmp) / "onnx"), "image_size": IMAGE_SIZE, **pipeline.overrides}
-        seconds, report = timed_evaluation(inference_parser(overrides))
+        return folder_images_per_s({"ckpt_path": str(ckpt), **pipeline.overrides}, Path(tmp))
+
+
+def folder_images_per_s(overrides: dict[str, Any], work_dir: Path) -> float:
+    """Images/s of inference.json's ``evaluator`` with ``overrides`` (``ckpt_path`` among them) on the Kvasir-SEG
+    test JPGs, linked into ``work_dir``, which also takes the outputs and a fresh ONNX cache.
+
+    Builds the evaluator (for ``backend auto``: the one-off ONNX export, not timed) and times its run (worker
+    start, decode, resize, model, inversion, post-processing, writing).
+    """
+    images, output = work_dir / "images", work_dir / "predictions"
+    images.mkdir()
+    for source in kvasir_test_images():
+        (images / source.name).symlink_to(source.resolve())
+    settings = {"dataset_dir": str(images), "output_dir": str(output), "onnx_cache_dir": str(work_dir / "onnx")}
+    seconds, report = timed_evaluation(inference_parser({**settings, "image_size": IMAGE_SIZE, **overrides}))
     failed = [row["path"] for row in report if row["status"] != "ok"]
     if failed:
         raise RuntimeError(f"{len(failed)} image(s) not segmented, e.g. {failed[0]}")
