@@ -17,6 +17,7 @@ from bundle.inference.tta import (
     TTA_MODES,
     TTAInferer,
     as_members,
+    forced_full,
     probabilities,
     uncertain_fraction,
 )
@@ -270,3 +271,14 @@ def test_adaptive_folder_inference_keeps_the_full_tta_and_warning_for_grey_and_t
 def test_configs_default_threshold_is_the_inferers():
     config = json.loads((REPO_ROOT / "configs" / "inference.json").read_text())
     assert config["tta_adaptive_threshold"] == ADAPTIVE_THRESHOLD and config["tta"] in TTA_MODES
+
+
+def test_forced_full_reads_one_image_or_a_batch_and_nifti_slices():
+    one = MetaTensor(torch.zeros(1, 3, 96, 96))
+    one.meta.update({GREY_TO_COLOUR: True, "spatial_shape": np.array([300, 200])})  # one image, not a batch
+    assert forced_full(one).tolist() == [True]
+    slices = MetaTensor(torch.zeros(2, 3, 96, 96))
+    slices.is_batch = True
+    slices.meta["spatial_shape"] = torch.tensor([[300, 200, 1], [50, 200, 1]])  # NIfTI 2D slices: (H, W, 1)
+    assert forced_full(slices).tolist() == [False, True]
+    assert forced_full(torch.zeros(2, 3, 96, 96)).tolist() == [False, False]  # no meta: nothing forced

@@ -174,8 +174,8 @@ def forced_full(inputs: torch.Tensor) -> torch.Tensor:
     grey = torch.as_tensor(meta.get(GREY_TO_COLOUR, False), dtype=torch.bool).reshape(-1)
     full = grey.expand(batch).clone()  # a copy: the batch's meta stays as it is
     shapes = meta.get("spatial_shape")
-    if shapes is not None:  # (B, 2) in a batch, (2,) for one image
-        full |= torch.as_tensor(shapes).reshape(batch, -1).min(dim=1).values < min(inputs.shape[2:])
+    if shapes is not None:  # (B, 2) in a batch, (2,) for one image; (..., 3) for a NIfTI slice: (H, W, 1)
+        full |= torch.as_tensor(shapes).reshape(batch, -1)[:, :2].min(dim=1).values < min(inputs.shape[2:])
     return full
 
 

@@ -50,7 +50,8 @@ class Policy:
     first: tuple[int, ...]
     second: tuple[int, ...] = ()
     signal: str = "uncertain_fraction"
-    overrides: dict[str, Any] = field(default_factory=dict)  # inference.json ids; none: the policy's inferer
+    overrides: dict[str, Any] = field(default_factory=dict)  # inference.json ids
+    shipped: bool = False  # inference.json's own inferer (tta, tta_adaptive_threshold); else this policy's
 
     def inferer(self, threshold: float) -> dict[str, Any]:
         """inference.json's ``inferer`` running this policy."""
@@ -77,17 +78,17 @@ POLICIES: dict[str, Policy] = {
     "hflip-scale": Policy("identity + horizontal flip + scale 1.2", (0, 1, 4)),
     "flips": Policy("`--tta flips` (4 passes)", (0, 1, 2, 3), overrides={"tta": "flips"}),
     "full": Policy("`--tta flips+scales` (8 passes, 0.8.0's default)", FULL, overrides={"tta": "flips+scales"}),
-    "small-mask-scale": Policy(
-        "flips; the 4 flips at 1.2 only for small masks", (0, 1, 2, 3), (4, 5, 6, 7), "small_mask"
+    "small-mask-scale": Policy("flips; the flips at 1.2 too for small masks", (0, 1, 2, 3), (4, 5, 6, 7), "small_mask"),
+    "adaptive-spread": Policy("identity + horizontal flip; full TTA by their `spread`", (0, 1), REST[1:], "spread"),
+    "adaptive-scale": Policy("identity; the 4 flips at 1.2 too by `uncertain_fraction`", (0,), (4, 5, 6, 7)),
+    "default": Policy("default: `inference.json` as shipped (`--tta adaptive`)", (0,), REST, shipped=True),
+    "default-batch16": Policy(
+        "the same, `batch_size` 16 (members batched with more images)",
+        (0,),
+        REST,
+        overrides={"batch_size": 16},
+        shipped=True,
     ),
-    "adaptive-spread": Policy(
-        "adaptive: identity + horizontal flip, full TTA by their spread", (0, 1), REST[1:], "spread"
-    ),
-    "adaptive": Policy("`--tta adaptive`: 1 pass, full TTA by uncertain_fraction", (0,), REST),
-    "adaptive-batch16": Policy(
-        "the same, `batch_size` 16 (members batched with more images)", (0,), REST, overrides={"batch_size": 16}
-    ),
-    "default": Policy("default: `inference.json` as shipped", (0,), REST, overrides={}),
 }
 ROWS = {key: NETWORK_ROWS["lh-mobilenetv2-moe"] for key in POLICIES}
 
@@ -98,25 +99,27 @@ def study_path() -> Path:
 
 def prepare_study() -> dict[str, Any]:
     """Per-image Dice of every policy's member sets and the signals of their first members, from the member cache
-    (built when missing); kept in ``study.json`` beside it."""
-    if study_path().is_file():
-        return json.loads(study_path().read_text(encoding="utf-8"))
+    (built when missing); kept in ``study.json`` beside it, extended when a policy needs more."""
+    study = json.loads(study_path().read_text(encoding="utf-8")) if study_path().is_file() else {}
+    firsts = {key_of(policy.first) for policy in POLICIES.values()}
+    sets = firsts | {key_of(policy.first + policy.second) for policy in POLICIES.values()}
+    if study and sets <= study["dice"].keys() and firsts <= study["signals"].keys():
+        return study
     if not (cache_dir() / "logits.npy").is_file():
         tta_cache.write_cache(cache_dir())
     logits, labels, images = load_cache(cache_dir())
-    sets = {policy.first for policy in POLICIES.values()} | {
-        policy.first + policy.second for policy in POLICIES.values()
-    }
-    study: dict[str, Any] = {"images": images, "dice": {}, "signals": {}}
-    for members in sorted(sets):
-        study["dice"][key_of(members)] = [
-            dice_at_original_size(averaged_logits(logits[i, list(members)]), labels[i]) for i in range(len(labels))
+    study = study or {"images": images, "dice": {}, "signals": {}}
+    for key in sorted(sets - study["dice"].keys()):
+        members = [int(i) for i in key.split(",")]
+        study["dice"][key] = [
+            dice_at_original_size(averaged_logits(logits[i, members]), labels[i]) for i in range(len(labels))
         ]
-    for first in sorted({policy.first for policy in POLICIES.values()}):
-        probs = torch.sigmoid(torch.from_numpy(np.asarray(logits[:, list(first)])))[:, :, None]  # (N, M, 1, H, W)
-        signals = {name: [float(signal(p[:, None])) for p in probs] for name, signal in SIGNALS.items()}
-        study["signals"][key_of(first)] = signals
-    study["quality"] = [quality_signals(np.asarray(logits[i, 0])) for i in range(len(labels))]
+    for key in sorted(firsts - study["signals"].keys()):
+        members = [int(i) for i in key.split(",")]
+        probs = torch.sigmoid(torch.from_numpy(np.asarray(logits[:, members])))[:, :, None]  # (N, M, 1, H, W)
+        study["signals"][key] = {name: [float(signal(p[:, None])) for p in probs] for name, signal in SIGNALS.items()}
+    if "quality" not in study:
+        study["quality"] = [quality_signals(np.asarray(logits[i, 0])) for i in range(len(labels))]
     atomic_write_text(study_path(), json.dumps(study))
     return study
 
@@ -189,7 +192,7 @@ def policy_choice(study: dict[str, Any], key: str) -> Choice:
     first, both, signal = policy_arrays(study, policy)
     if not policy.second:
         return Choice(None, float(np.nanmean(first)), 0.0)
-    if key == "default":
+    if policy.shipped:
         mode, threshold = shipped_tta()
         return (
             outcome(first, both, signal, threshold) if mode == "adaptive" else policy_choice(study, MODE_POLICIES[mode])
@@ -201,7 +204,7 @@ def measure_policy(key: str) -> float:
     """Images/s of the folder command with the shipped model and ``POLICIES[key]`` (a worker of the suite)."""
     policy, study = POLICIES[key], json.loads(study_path().read_text(encoding="utf-8"))
     overrides: dict[str, Any] = {"ckpt_path": str(SHIPPED_MODEL), **policy.overrides}
-    if key != "default" and "tta" not in policy.overrides:
+    if not policy.shipped and "tta" not in policy.overrides:
         overrides["inferer"] = policy.inferer(policy_choice(study, key).threshold or 0.0)
     with tempfile.TemporaryDirectory(prefix="tta-") as tmp:
         return throughput.folder_images_per_s(overrides, Path(tmp))
@@ -264,6 +267,14 @@ def results_section(results: Results, rounds: dict[tuple[str, str], list[float]]
             + [rounds_cell(times)]
         )
     budgets, failures = budget_table(BUDGETS, results)
+    first, both, signal = policy_arrays(study, POLICIES["default"])
+    rule = choose(first, both, signal, full - CHOICE_TOLERANCE)
+    mode, shipped = shipped_tta()
+    choice = (
+        f"The rule's threshold for `--tta adaptive` on this model: `uncertain_fraction` > {rule.threshold:.3g} "
+        f"(validation Dice {rule.dice:.4f}, {rule.share:.0%} of the images take the full TTA); `inference.json` "
+        f"ships `tta` {mode}, `tta_adaptive_threshold` {shipped:g}.\n"
+    )
     seen, lines = set(), []
     for key, policy in POLICIES.items():  # each distinct adaptive policy once
         if policy.second and (policy.first, policy.second, policy.signal) not in seen:
@@ -271,7 +282,7 @@ def results_section(results: Results, rounds: dict[tuple[str, str], list[float]]
             lines.append(f"- {policy.label}: {held_out(study, key)}")
     adaptive = "\n".join(lines)
     return (
-        f"## Results\n\n{markdown_table(header, body)}\n\n{budgets}\n"
+        f"## Results\n\n{markdown_table(header, body)}\n\n{choice}\n{budgets}\n"
         f"## Thresholds chosen on half the validation images\n\nDice − flips+scales Dice on the other half (even "
         f"images chosen, odd scored / odd chosen, even scored), share of the full TTA there:\n\n{adaptive}\n\n"
         f"## Signals of the single pass\n\n{signal_table(study)}\n",
@@ -280,6 +291,7 @@ def results_section(results: Results, rounds: dict[tuple[str, str], list[float]]
 
 
 BUDGETS = (
+    Budget("default: images/s", "default", "images_per_s", 20.0, at_least=True),
     Budget("default: images/s / `--tta none`", "default", "images_per_s", 0.45, "none", at_least=True),
     Budget(
         "default: (validation Dice − flips+scales) × 1000",
