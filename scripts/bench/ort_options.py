@@ -62,6 +62,7 @@ VARIANTS = (
     Variant("ORT-optimised model saved, loaded without optimisation", level="DISABLE", model="optimised"),
     Variant("int8 (scripts/quantize.py, reduce_range: the shipped kind)", model="int8"),
     Variant("int8 without reduce_range (full 8-bit weights; VNNI)", model="int8-full-range"),
+    Variant("int8 (reduce_range), no spinning", spinning=False, model="int8"),
     Variant("batch 4 (the four flips of one image)", batch=4),
     Variant("batch 8 (folder inference's batch)", batch=8),
     Variant("batch 8, no spinning", spinning=False, batch=8),

@@ -200,14 +200,16 @@ def policy_choice(study: dict[str, Any], key: str) -> Choice:
     return choose(first, both, signal, full_dice(study) - CHOICE_TOLERANCE)
 
 
-def measure_policy(key: str) -> float:
-    """Images/s of the folder command with the shipped model and ``POLICIES[key]`` (a worker of the suite)."""
+def measure_policy(key: str) -> dict[str, float]:
+    """Images/s (``value``) and CPU ms per image of the folder command with the shipped model and ``POLICIES[key]``
+    (a worker of the suite)."""
     policy, study = POLICIES[key], json.loads(study_path().read_text(encoding="utf-8"))
     overrides: dict[str, Any] = {"ckpt_path": str(SHIPPED_MODEL), **policy.overrides}
     if not policy.shipped and "tta" not in policy.overrides:
         overrides["inferer"] = policy.inferer(policy_choice(study, key).threshold or 0.0)
     with tempfile.TemporaryDirectory(prefix="tta-") as tmp:
-        return throughput.folder_images_per_s(overrides, Path(tmp))
+        images_per_s, cpu_ms = throughput.folder_images_per_s(overrides, Path(tmp))
+    return {"value": images_per_s, "cpu_ms_per_image": cpu_ms}
 
 
 def passes(policy: Policy, share: float) -> float:
@@ -253,7 +255,8 @@ def results_section(results: Results, rounds: dict[tuple[str, str], list[float]]
     study = prepare_study()
     full, none = full_dice(study), results.get("none", {}).get("images_per_s")
     header = ["policy", "val Dice", "Δ vs flips+scales", "full TTA share", "threshold", "passes / image"]
-    header += ["images/s", "× `--tta none`", "per-round images/s"]
+    header += ["images/s", "× `--tta none`", "CPU ms / image", "CPU: `--tta none` ÷ this", "per-round images/s"]
+    none_cpu = results.get("none", {}).get("cpu_ms_per_image")
     body = []
     for key, result in results.items():
         policy, choice = POLICIES[key], policy_choice(study, key)
@@ -264,6 +267,7 @@ def results_section(results: Results, rounds: dict[tuple[str, str], list[float]]
             [policy.label, f"{choice.dice:.4f}", f"{choice.dice - full:+.4f}", f"{full_share:.0%}"]
             + ["—" if choice.threshold is None else f"`{policy.signal}` > {choice.threshold:.3g}"]
             + [f"{passes(policy, choice.share):.2f}", value_cell(ips, times), f"{ips / none:.2f}" if none else "—"]
+            + [f"{result['cpu_ms_per_image']:.0f}", f"{none_cpu / result['cpu_ms_per_image']:.2f}" if none_cpu else "—"]
             + [rounds_cell(times)]
         )
     budgets, failures = budget_table(BUDGETS, results)
@@ -294,6 +298,14 @@ BUDGETS = (
     Budget("default: images/s", "default", "images_per_s", 20.0, at_least=True),
     Budget("default: images/s / `--tta none`", "default", "images_per_s", 0.45, "none", at_least=True),
     Budget(
+        "default: `--tta none`'s CPU time / its (load-independent)",
+        "none",
+        "cpu_ms_per_image",
+        0.45,
+        "default",
+        at_least=True,
+    ),
+    Budget(
         "default: (validation Dice − flips+scales) × 1000",
         "default",
         "dice_gap_x1000",
@@ -323,5 +335,8 @@ PraNet test JPGs with the shipped model, `batch_size` {settings["batch_size"]}, 
 the policy's `inferer` (`bundle.inference.tta.TTAInferer` with its members, signal and threshold) or `--tta`, timed
 end to end as in `docs/benchmark_throughput.md` (decode, resize, model, inversion, post-processing, PNG writing); the
 share and Dice columns are the validation ones, the test images only time the policy. "passes / image": network work
-in 224-px passes (a 1.2× member runs at 256 px, 1.31 passes), with the validation share. Each configuration in a
-fresh process; {rounds}"""
+in 224-px passes (a 1.2× member runs at 256 px, 1.31 passes), with the validation share. "CPU ms / image": user +
+system CPU time of the timed run (every thread of the main process and its DataLoader workers) per image: the work,
+which the load of other processes barely changes, unlike images/s; its ratio to `--tta none`'s is the speed ratio
+a machine with nothing else to do would show if the run kept its cores as busy. Each configuration in a fresh
+process; {rounds}"""
