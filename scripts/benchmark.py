@@ -8,7 +8,9 @@ throughput. Suites (one module each in ``scripts/bench/``):
 - ``throughput``: images/s of the folder inference command on the 100 Kvasir-SEG test JPGs
   (``docs/benchmark_throughput.md``), randomly initialised checkpoints;
 - ``video``: frames/s and latency of video inference at 576p and 1080p, and the CVC-ClinicDB temporal-smoothing
-  study (``docs/benchmark_video.md``, ``scripts/bench/video.py``).
+  study (``docs/benchmark_video.md``, ``scripts/bench/video.py``);
+- ``tta``: test-time augmentation policies of the shipped model, validation Dice against folder images/s
+  (``docs/benchmark_tta.md``, ``scripts/bench/tta.py``).
 
 Every measurement runs in a fresh subprocess (this script re-invoked with the hidden ``--worker KEY --backend B``
 options, answering with one JSON line), over ``--repeats`` interleaved round-robin rounds; the reported value is the
@@ -21,6 +23,7 @@ Usage (from the repository root)::
     python scripts/benchmark.py --suite architecture
     python scripts/benchmark.py --suite throughput
     python scripts/benchmark.py --suite video
+    python scripts/benchmark.py --suite tta
     python scripts/benchmark.py --models basicunet,unet --repeats 1 --iters 5 --no-write
 """
 
@@ -44,7 +47,7 @@ from pathlib import Path
 import torch
 from bundle.atomic_files import atomic_write_text, check_output_dir
 from bundle.errors import run_script
-from scripts.bench import architecture, latency, throughput, video
+from scripts.bench import architecture, latency, throughput, tta, video
 from scripts.bench.measure import (
     NOISY_SPREAD,
     WARMUP_ITERS,
@@ -106,6 +109,14 @@ SUITES: dict[str, Suite] = {
         throughput.results_section,
         "× UNet = images/s / images/s of MONAI UNet through the same pipeline with `--tta none`.",
     ),
+    "tta": Suite(
+        "Test-time augmentation policies (CPU)",
+        REPO_ROOT / "docs" / "benchmark_tta.md",
+        tta.ROWS,
+        lambda key: ("pipeline",),
+        tta.results_section,
+        "× `--tta none` = images/s / images/s of the `--tta none` row.",
+    ),
     "video": Suite(  # its own runner: scripts/bench/video.py
         "Video inference (CPU)", REPO_ROOT / "docs" / "benchmark_video.md", video.ROWS, None, None, ""
     ),
@@ -116,6 +127,8 @@ def measure(suite: str, key: str, backend: str, args: argparse.Namespace) -> flo
     """One measurement of row ``key``: latency (ms) with ``backend``, or images/s for the throughput suite."""
     if suite == "throughput":
         return throughput.measure_throughput(key)
+    if suite == "tta":
+        return tta.measure_policy(key)
     row = SUITES[suite].rows[key]
     model, shape = build(row), row.input_shape(args.size)
     if backend == "torch":
@@ -134,7 +147,11 @@ def run_worker(key: str, backend: str, args: argparse.Namespace) -> float:
             raise RuntimeError(f"worker for {key!r} ({backend}) failed (exit {proc.returncode}):\n{proc.stderr}")
         print(f"WARNING: {key} with {backend} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
         return math.nan
-    return json.loads(proc.stdout.strip().splitlines()[-1])["value"]
+    value = json.loads(proc.stdout.strip().splitlines()[-1])["value"]
+    if isinstance(value, dict):  # the value and side figures (the tta suite's CPU time), kept in args.extras
+        args.extras.setdefault((key, backend), []).append(value)
+        value = value["value"]
+    return value
 
 
 def method_text(args: argparse.Namespace) -> str:
@@ -144,6 +161,8 @@ def method_text(args: argparse.Namespace) -> str:
         f"⚠ = rounds spread more than {NOISY_SPREAD:g}× (max/min): likely disturbed by other load, re-run on a "
         "quiet machine."
     )
+    if args.suite == "tta":
+        return tta.method_text(rounds)
     if args.suite == "throughput":
         settings = throughput.inference_settings()
         return f"""\
@@ -206,13 +225,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch / ONNX Runtime threads")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--iters", type=int, default=30, help="timed iterations per round")
-    parser.add_argument("--suite", choices=SUITES, default="main", help="main, architecture, throughput or video")
+    parser.add_argument("--suite", choices=SUITES, default="main", help="main, architecture, throughput, video or tta")
     parser.add_argument("--models", help="comma-separated row keys of the suite (default all; a wrong key lists them)")
     parser.add_argument("--output", type=Path, help="markdown report path (default: the suite's file in docs/)")
     parser.add_argument("--no-write", action="store_true", help="print the report without writing it")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--backend", default="torch", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.extras = {}  # (key, backend) -> per-round side figures of the workers (run_worker)
     rows = SUITES[args.suite].rows
     args.output = args.output or SUITES[args.suite].output
     args.models = list(rows) if args.models is None else [m.strip() for m in args.models.split(",") if m.strip()]
@@ -241,9 +261,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_output_dir(args.output.parent, option="--output")
     if args.suite == "video":
         return video.run_suite(args, argv)
-    if args.suite == "throughput" and not throughput.KVASIR.is_dir():
-        print(f"error: the throughput suite needs Kvasir-SEG in {throughput.KVASIR}; not found.", file=sys.stderr)
+    if args.suite in ("throughput", "tta") and not throughput.KVASIR.is_dir():
+        print(f"error: the {args.suite} suite needs Kvasir-SEG in {throughput.KVASIR}; not found.", file=sys.stderr)
         return 2
+    if args.suite == "tta":
+        tta.prepare_study()  # the validation member cache, before any worker reads it
 
     start, load_start = time.perf_counter(), os.getloadavg()[0]
     keys = [key for key in suite.rows if key in args.models]  # table order
@@ -262,6 +284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     metric = {"pipeline": "images_per_s", **{b: m for b, (m, _) in latency.BACKENDS.items()}}
     for (key, backend), values in rounds.items():
         results[key][metric[backend]] = statistics.median(values)
+    for (key, _), extras in args.extras.items():  # side figures: the median of the rounds, each under its name
+        results[key] |= {name: statistics.median(e[name] for e in extras) for name in extras[0] if name != "value"}
 
     command = relative_command(["python", "scripts/benchmark.py"], argv)
     report, failures = format_report(results, rounds, args, command, (load_start, os.getloadavg()[0]))

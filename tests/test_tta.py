@@ -1,14 +1,30 @@
 """Test-time augmentation (``tta``): "none" is the plain forward, flips are inverted exactly, the configs run it."""
 
+import csv
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from bundle.data.demo import make_demo_dataset
-from bundle.inference.tta import FLIP_DIMS, TTAInferer, probabilities
+from bundle.data.readers import GREY_TO_COLOUR
+from bundle.inference.report import GREY_WARNING
+from bundle.inference.tta import (
+    ADAPTIVE_THRESHOLD,
+    FLIP_DIMS,
+    FULL_TTA,
+    TTA_MODES,
+    TTAInferer,
+    as_members,
+    forced_full,
+    probabilities,
+    uncertain_fraction,
+)
+from monai.data import MetaTensor
 from PIL import Image
 
-from tests.helpers import REPO_ROOT, run_bundle
+from tests.helpers import REPO_ROOT, run_bundle, save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -123,3 +139,146 @@ def test_member_spread_is_the_mean_absolute_deviation_of_the_members():
         )
     expected = (members - members.mean(0)).abs().mean(dim=(0, 2, 3, 4))
     assert torch.allclose(inferer.member_spread, expected, atol=1e-6)
+
+
+class ScriptedNetwork(torch.nn.Module):
+    """Logits set per image by its first pixel (image i's value i): image 0 confident (±8), image 1 uncertain
+    (±0.5), image 2 confident; plus a position ramp so that the flips and scales disagree. Counts batch sizes."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def forward(self, x):
+        self.calls.append(x.shape[0])
+        height = torch.linspace(-1, 1, x.shape[-1]).expand(1, 1, *x.shape[2:])
+        confidence = torch.where(x[:, :1, :1, :1].round() == 1, 0.5, 8.0)  # (B, 1, 1, 1) from the image index
+        return confidence * torch.sign(height + 0.1 * x[:, :1])
+
+
+def scripted_batch(batch=3, size=(96, 96)):
+    """(B, 3, H, W): image i filled with i plus a little noise (so flips differ)."""
+    noise = torch.rand(batch, 3, *size, generator=torch.Generator().manual_seed(0)) * 0.2 - 0.1
+    return torch.arange(batch, dtype=torch.float32).view(-1, 1, 1, 1) + noise
+
+
+def test_adaptive_takes_the_full_tta_only_for_uncertain_images():
+    network, x = ScriptedNetwork(), scripted_batch()
+    inferer = TTAInferer("adaptive", scales=[1.0, 1.2], adaptive_threshold=0.5)
+    with torch.no_grad():
+        out = inferer(x, network)
+        signal = uncertain_fraction(probabilities(network(x)))
+    assert signal[1] > 0.5 > max(signal[0], signal[2])  # the scripted uncertainty
+    assert inferer.full_tta.tolist() == [False, True, False]
+    assert network.calls[:3] == [3, 3, 4]  # one pass of all three; 3 flips at 1.0 and 4 at 1.2 of image 1 only
+    full, single = TTAInferer("flips+scales", scales=[1.0, 1.2]), TTAInferer("none")
+    with torch.no_grad():
+        expected_full, expected_single = full(x, network), single(x, network)
+    assert torch.allclose(out[1], expected_full[1], atol=1e-5)
+    assert torch.equal(out[[0, 2]], expected_single[[0, 2]])
+    assert torch.allclose(inferer.member_spread[1], full.member_spread[1], atol=1e-6)
+    assert inferer.member_spread[0] == 0 and inferer.member_spread[2] == 0
+
+
+@pytest.mark.parametrize("threshold", [-1.0, 2.0])
+def test_adaptive_equals_full_tta_or_none_when_the_threshold_forces_it(threshold):
+    """uncertain_fraction lies in [0, 1]: below 0 every image takes the full TTA, above 1 none does."""
+    network, x = CountingNetwork(), torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        adaptive = TTAInferer("adaptive", scales=[1.0, 1.2], adaptive_threshold=threshold)(x, network)
+        full = TTAInferer("flips+scales", scales=[1.0, 1.2])(x, network)
+        none = network(x)
+    if threshold < 0:
+        assert torch.allclose(probabilities(adaptive), probabilities(full), atol=1e-6)
+    else:
+        assert torch.equal(adaptive, none)
+
+
+def test_adaptive_takes_the_full_tta_for_grey_and_tiny_images():
+    """A grey image given to a colour network and an image upsampled to the input: always every member."""
+    network, x = CountingNetwork(), MetaTensor(torch.rand(4, 3, 96, 96))
+    x.is_batch = True
+    x.meta[GREY_TO_COLOUR] = torch.tensor([False, True, False, False])
+    x.meta["spatial_shape"] = torch.tensor([[300, 200], [300, 200], [20, 90], [96, 96]])
+    inferer = TTAInferer("adaptive", scales=[1.0, 1.2], adaptive_threshold=2.0)  # no image is uncertain enough
+    with torch.no_grad():
+        out = inferer(x, network)
+        full = TTAInferer("flips+scales", scales=[1.0, 1.2])(x.as_tensor(), network)
+    assert inferer.full_tta.tolist() == [False, True, True, False]
+    assert out.meta[FULL_TTA].tolist() == [False, True, True, False]
+    assert x.meta[GREY_TO_COLOUR].tolist() == [False, True, False, False]  # the input's meta is left as it was
+    assert torch.allclose(probabilities(out[1:3].as_tensor()), probabilities(full[1:3]), atol=1e-6)
+    assert torch.equal(out[[0, 3]].as_tensor(), network(x.as_tensor())[[0, 3]])
+
+
+def test_custom_members_and_signals():
+    network, x = CountingNetwork(), torch.rand(2, 3, 64, 64)
+    first, second = [[1.0, []], [1.0, [3]]], [[1.2, []]]
+    inferer = TTAInferer("adaptive", [1.0, 1.2], adaptive_threshold=-1.0, adaptive_signal="spread", first=first)
+    inferer.second = as_members(second)
+    with torch.no_grad():
+        out = inferer(x, network)
+        members = TTAInferer("flips+scales", [1.0, 1.2]).member_probabilities(x, network, as_members(first + second))
+    assert torch.allclose(probabilities(out), torch.stack(members).mean(0), atol=1e-6)
+    with pytest.raises(ValueError, match="tta_adaptive_signal"):
+        TTAInferer("adaptive", adaptive_signal="entropy")
+
+
+def test_adaptive_folder_inference_keeps_the_full_tta_and_warning_for_grey_and_tiny_images(tmp_path):
+    """inference.json with --tta adaptive: a grey and a tiny image get flips+scales' masks and report rows (the
+    grey warning kept); a colour image, with a threshold no image crosses, gets --tta none's."""
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (90, 80), dtype=np.uint8)).save(images / "grey.png")
+    Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(images / "tiny.png")
+    Image.fromarray(rng.integers(0, 255, (100, 120, 3), dtype=np.uint8)).save(images / "colour.png")
+    ckpt = save_checkpoint(tmp_path / "model.pt", all_foreground=False)
+    common = {"image_size": [64, 64], "num_workers": 0, "backend": "torch", "ckpt_path": str(ckpt)}
+    outputs = {}
+    for tta in ("adaptive", "flips+scales", "none"):
+        out = tmp_path / tta
+        run_bundle(
+            ["inference.json"],
+            "infer",
+            dataset_dir=str(images),
+            output_dir=str(out),
+            tta=tta,
+            tta_adaptive_threshold=2.0,
+            save_probabilities=True,
+            **common,
+        )
+        with open(out / "predictions.csv", newline="") as f:
+            outputs[tta] = {row["path"]: row for row in csv.DictReader(f)}, out
+    (adaptive, adaptive_dir), (full, full_dir), (_, none_dir) = (
+        outputs["adaptive"],
+        outputs["flips+scales"],
+        outputs["none"],
+    )
+    for name, reference in (("grey", full_dir), ("tiny", full_dir), ("colour", none_dir)):
+        assert np.allclose(
+            np.load(adaptive_dir / f"{name}_prob.npy"), np.load(reference / f"{name}_prob.npy"), atol=1e-5
+        )
+        assert np.array_equal(
+            np.asarray(Image.open(adaptive_dir / f"{name}_mask.png")),
+            np.asarray(Image.open(reference / f"{name}_mask.png")),
+        )
+    assert adaptive["grey.png"]["warning"] == full["grey.png"]["warning"] == GREY_WARNING
+    assert adaptive["tiny.png"]["warning"] == full["tiny.png"]["warning"]
+    assert adaptive["grey.png"]["qc_score"] == full["grey.png"]["qc_score"]
+
+
+def test_configs_default_threshold_is_the_inferers():
+    config = json.loads((REPO_ROOT / "configs" / "inference.json").read_text())
+    assert config["tta_adaptive_threshold"] == ADAPTIVE_THRESHOLD and config["tta"] in TTA_MODES
+
+
+def test_forced_full_reads_one_image_or_a_batch_and_nifti_slices():
+    one = MetaTensor(torch.zeros(1, 3, 96, 96))
+    one.meta.update({GREY_TO_COLOUR: True, "spatial_shape": np.array([300, 200])})  # one image, not a batch
+    assert forced_full(one).tolist() == [True]
+    slices = MetaTensor(torch.zeros(2, 3, 96, 96))
+    slices.is_batch = True
+    slices.meta["spatial_shape"] = torch.tensor([[300, 200, 1], [50, 200, 1]])  # NIfTI 2D slices: (H, W, 1)
+    assert forced_full(slices).tolist() == [False, True]
+    assert forced_full(torch.zeros(2, 3, 96, 96)).tolist() == [False, False]  # no meta: nothing forced

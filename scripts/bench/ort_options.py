@@ -1,6 +1,7 @@
 """ONNX Runtime session options for LH-UTANet mobilenetv2 + MoE at 224² (``docs/benchmark_ort_options.md``): graph
-optimisation level (ALL includes the NCHWc layout transformation), thread spinning, intra-op threads and batch size
-(the batched TTA runs 4 flips as one batch), each as ms per image, against the CPU's matrix-product limit.
+optimisation level (ALL includes the NCHWc layout transformation), thread spinning, intra-op threads, execution
+mode, memory pattern, denormals, a saved ORT-optimised graph, int8 and batch size (the batched TTA runs 4 flips as
+one batch), each as ms per image, against the CPU's matrix-product limit.
 
 Usage (from the repository root)::
 
@@ -31,7 +32,11 @@ from .measure import build, cpu_model, markdown_table, measure_cost, median_ms, 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOC = REPO_ROOT / "docs" / "benchmark_ort_options.md"
 KEY, SIZE = "lh-mobilenetv2-moe", 224
-LEVELS = {level: getattr(onnxruntime.GraphOptimizationLevel, f"ORT_ENABLE_{level}") for level in ("ALL", "EXTENDED")}
+LEVELS = {
+    "ALL": onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    "EXTENDED": onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "DISABLE": onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL,
+}
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,10 @@ class Variant:
     spinning: bool = True
     threads: int = 2
     batch: int = 1
+    model: str = "fp32"  # a key of the models measure() writes: fp32, optimised, int8, int8-full-range
+    parallel: bool = False  # ORT_PARALLEL execution mode (independent branches at once)
+    mem_pattern: bool = True
+    denormal_zero: bool = False
 
 
 VARIANTS = (
@@ -48,28 +57,56 @@ VARIANTS = (
     Variant("no spinning (the bundle's OnnxPredictor)", spinning=False),
     Variant("EXTENDED (no NCHWc layout transformation)", level="EXTENDED"),
     Variant("1 intra-op thread", threads=1),
+    Variant("parallel execution mode (2 inter-op threads)", parallel=True),
+    Variant("no memory pattern", mem_pattern=False),
+    Variant("denormals as zero", denormal_zero=True),
+    Variant("ORT-optimised model saved, loaded without optimisation", level="DISABLE", model="optimised"),
+    Variant("int8 (scripts/quantize.py, reduce_range: the shipped kind)", model="int8"),
+    Variant("int8 without reduce_range (full 8-bit weights; VNNI)", model="int8-full-range"),
+    Variant("int8 (reduce_range), no spinning", spinning=False, model="int8"),
     Variant("batch 4 (the four flips of one image)", batch=4),
     Variant("batch 8 (folder inference's batch)", batch=8),
     Variant("batch 8, no spinning", spinning=False, batch=8),
 )
 
 
-def session(path: Path, variant: Variant) -> onnxruntime.InferenceSession:
+def session(path: Path, variant: Variant, optimised_path: Path | None = None) -> onnxruntime.InferenceSession:
+    """An ONNX Runtime CPU session of ``variant``'s options (with ``optimised_path``: save the optimised graph)."""
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = LEVELS[variant.level]
     options.intra_op_num_threads = variant.threads
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if variant.spinning else "0")
+    if variant.parallel:
+        options.execution_mode = onnxruntime.ExecutionMode.ORT_PARALLEL
+        options.inter_op_num_threads = 2
+    options.enable_mem_pattern = variant.mem_pattern
+    if variant.denormal_zero:
+        options.add_session_config_entry("session.set_denormal_as_zero", "1")
+    if optimised_path is not None:
+        options.optimized_model_filepath = str(optimised_path)
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def write_models(folder: Path) -> dict[str, Path]:
+    """The fp32 export of the benchmark network, its ORT-optimised graph and two int8 quantisations (calibrated on
+    8 random inputs, as the latency suite's int8 column)."""
+    from scripts.quantize import quantize_onnx
+
+    paths = {"fp32": folder / "model.onnx", "optimised": folder / "optimised.onnx"}
+    export_onnx(build(ROWS[KEY]), paths["fp32"], (SIZE, SIZE))
+    session(paths["fp32"], VARIANTS[0], paths["optimised"])
+    calibration = [np.random.default_rng(i).random((1, 3, SIZE, SIZE), dtype=np.float32) for i in range(8)]
+    for key, reduce_range in (("int8", True), ("int8-full-range", False)):
+        paths[key] = quantize_onnx(paths["fp32"], folder / f"{key}.onnx", calibration, reduce_range=reduce_range)
+    return paths
 
 
 def measure(rounds: int, iters: int) -> dict[str, list[float]]:
     """Per-round median ms per image of each variant, the variants interleaved round by round."""
-    model = build(ROWS[KEY])
     times: dict[str, list[float]] = {variant.label: [] for variant in VARIANTS}
     with tempfile.TemporaryDirectory(prefix="ort-options-") as tmp:
-        path = Path(tmp) / "model.onnx"
-        export_onnx(model, path, (SIZE, SIZE))
-        sessions = {variant.label: session(path, variant) for variant in VARIANTS}
+        paths = write_models(Path(tmp))
+        sessions = {variant.label: session(paths[variant.model], variant) for variant in VARIANTS}
         for _ in range(rounds):
             for variant in VARIANTS:
                 x = np.random.default_rng(0).random((variant.batch, 3, SIZE, SIZE), dtype=np.float32)
@@ -84,13 +121,14 @@ def report(rounds: int, iters: int) -> str:
     _, gmacs = measure_cost(build(ROWS[KEY]), (1, 3, SIZE, SIZE))
     times = measure(rounds, iters)
     peak = matmul_gflops()
-    body = []
+    body, reference = [], statistics.median(times[VARIANTS[0].label])
     for label, values in times.items():
         ms = statistics.median(values)
-        body.append([label, f"{ms:.2f}", f"{2 * gmacs / ms * 1e3:.0f}", f"{2 * gmacs / peak / ms * 1e3:.0%}"])
-        body[-1].append(rounds_cell(values))
+        body.append([label, f"{ms:.2f}", f"{ms / reference - 1:+.0%}", f"{2 * gmacs / ms * 1e3:.0f}"])
+        body[-1] += [f"{2 * gmacs / peak / ms * 1e3:.0%}", rounds_cell(values)]
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    table = markdown_table(["session", "ms / image", "GFLOP/s", "of the limit", "per-round ms / image"], body)
+    head = ["session", "ms / image", "vs the first row", "GFLOP/s", "of the limit", "per-round ms / image"]
+    table = markdown_table(head, body)
     return f"""_Generated by `python -m scripts.bench.ort_options --rounds {rounds} --iters {iters}` — do not edit by hand._
 
 # ONNX Runtime options (CPU)
@@ -102,7 +140,8 @@ def report(rounds: int, iters: int) -> str:
 LH-UTANet mobilenetv2 + MoE, random weights, exported by `bundle.backends.predictors.export_onnx`, input {SIZE}², {2 * gmacs:.2f}
 GFLOP per image. Limit: a 2048² float32 matrix product in torch with 2 threads, {peak:.0f} GFLOP/s, i.e.
 {2 * gmacs / peak * 1e3:.1f} ms per image. Each session: {iters} timed runs after warm-up per round (median), {rounds}
-interleaved rounds (median of the rounds).
+interleaved rounds (median of the rounds). int8 rows: `scripts/quantize.py`'s static QDQ quantisation calibrated on
+8 random inputs (their work, not their accuracy: the shipped int8 model's Dice is in `docs/shipped_model.md`).
 
 {table}
 """
