@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 from bundle.data.demo import make_demo_dataset
+from bundle.errors import run_script
 from bundle.networks import LightweightHierarchicalUTANet
 from monai.bundle import ConfigParser
 from monai.networks.nets import BasicUNet
-from scripts.package_bundle import main as package
+from scripts.package_bundle import main as package_main
 
 from tests.helpers import CONFIGS, FAST, REPO_ROOT, run_bundle
 
@@ -62,6 +63,11 @@ def test_monailabel_style_training_run(tmp_path, capsys, monkeypatch, server):
     assert workflow.parser.get_parsed_content("train#trainer").state.epoch == 1
     assert f"Restored all variables from {shipped}" in "".join(capsys.readouterr())  # non-strict warm start
     assert isinstance(workflow.parser.get_parsed_content("train#handlers"), list)
+
+
+def package(argv: list[str]) -> int:
+    """``python scripts/package_bundle.py ARGV``'s exit status (one ``error:`` line and 1 on a refusal)."""
+    return run_script(package_main, argv)
 
 
 def _bundle_copy(tmp_path: Path) -> Path:

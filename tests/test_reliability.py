@@ -349,8 +349,8 @@ def test_training_refuses_bad_data_unless_the_check_is_off(tmp_path):
 
 def test_overwrite_false_from_the_command_line_still_refuses(tmp_path):
     """``--overwrite false`` reaches the configs as the string "false", which must not mean overwrite."""
+    from bundle.evaluation import SegmentationMetricsWriter
     from bundle.inference.writers import SaveMaskd
-    from bundle.training.handlers import SegmentationMetricsWriter
 
     writer = SegmentationMetricsWriter(tmp_path, overwrite="false")
     (tmp_path / "metrics_summary.json").write_text("{}")
