@@ -238,15 +238,9 @@ def test_adaptive_folder_inference_keeps_the_full_tta_and_warning_for_grey_and_t
     outputs = {}
     for tta in ("adaptive", "flips+scales", "none"):
         out = tmp_path / tta
+        paths = {"dataset_dir": str(images), "output_dir": str(out)}
         run_bundle(
-            ["inference.json"],
-            "infer",
-            dataset_dir=str(images),
-            output_dir=str(out),
-            tta=tta,
-            tta_adaptive_threshold=2.0,
-            save_probabilities=True,
-            **common,
+            ["inference.json"], "infer", tta=tta, tta_adaptive_threshold=2.0, save_probabilities=True, **paths | common
         )
         with open(out / "predictions.csv", newline="") as f:
             outputs[tta] = {row["path"]: row for row in csv.DictReader(f)}, out
