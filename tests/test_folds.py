@@ -13,6 +13,7 @@ from bundle.errors import MissingFileError, SettingError
 from bundle.training.folds import ensemble_checkpoints, fold_checkpoints, fold_dir, model_checkpoint
 from monai.bundle import ConfigParser
 from scripts import train_folds
+from scripts.folds import domains
 
 from tests.helpers import CONFIGS, FAST, make_rectangles_dataset, messages, run_bundle
 
@@ -138,7 +139,7 @@ def attempts(work, fold):
     return json.loads((work / f"fold_{fold}" / "train_time.json").read_text())["attempts"]
 
 
-def test_train_folds_trains_resumes_skips_and_the_ensemble_evaluates(tmp_path):
+def test_train_folds_trains_resumes_skips_and_the_ensemble_evaluates(tmp_path, capsys):
     """2 folds of 4 demo images, 2 epochs at 64 px: fold 1 is interrupted in its second epoch beforehand."""
     demo = Path(make_demo_dataset(tmp_path / "demo", 10))
     (demo / "test_names.txt").write_text("demo_0000\ndemo_0001\n")  # 2 test images; 8 in the folds
@@ -169,3 +170,12 @@ def test_train_folds_trains_resumes_skips_and_the_ensemble_evaluates(tmp_path):
     again = train_folds.main(argv)["cv"]  # everything done: nothing trains or evaluates again
     assert len(attempts(work, 0)) == len(attempts(work, 1)) == 1 and again["overall"] == summary["overall"]
     assert {path: path.stat().st_mtime_ns for path in work.rglob("*.log")} == logs
+
+    comparison = tmp_path / "comparison"  # a compare_models.py output with its BasicUNet row
+    comparison.mkdir()
+    (comparison / "results.csv").write_text("row,network,test_dice_mean\nbasicunet,MONAI BasicUNet,0.5\n")
+    capsys.readouterr()
+    domains.main([f"demo={work},{comparison}"])
+    row = capsys.readouterr().out.strip().splitlines()[-1].split(" | ")
+    ensemble = f"{summary['ensemble_test']['test_dice']:.4f}"
+    assert row[1:5] == [f"{summary['overall']['pooled']:.4f}", "—", ensemble, "0.5000"], row

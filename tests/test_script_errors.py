@@ -72,6 +72,7 @@ def script_cases(tmp_path):
         ("standard_table", "scripts/standard_table.py", ["--model", f"x={ckpt}", "--work_dir", out], ckpt),
         ("bench ensemble", "-m scripts.bench.ensemble", ["--ckpt", ckpt, "--ckpt", ckpt, "--no-write"], ckpt),
         ("bench video worker", "-m scripts.bench.video", ["--worker", "576p-notta", "--input", str(missing)], missing),
+        ("fold domains", "-m scripts.folds.domains", [f"X={missing}"], missing),
     ]  # fmt: skip
 
 
