@@ -165,6 +165,7 @@ def test_train_folds_trains_resumes_skips_and_the_ensemble_evaluates(tmp_path, c
     assert "ensemble of the 2 folds" in (work / "ensemble_test.log").read_text()
     written = json.loads((work / "cv_summary.json").read_text())
     assert written["overall"] == summary["overall"] and (work / "cv_summary.md").is_file()
+    assert not Path(written["work_dir"]).is_absolute()  # a summary copied into docs/ names no machine path
 
     logs = {path: path.stat().st_mtime_ns for path in work.rglob("*.log")}
     again = train_folds.main(argv)["cv"]  # everything done: nothing trains or evaluates again

@@ -10,6 +10,7 @@ from typing import Any
 
 from bundle.atomic_files import atomic_write_json, atomic_write_text
 from scripts.comparison.training_logs import scalar_history
+from scripts.doc_command import relative_path
 from scripts.folds.jobs import SUMMARY, CrossValidation
 
 SUMMARY_NAME = "cv_summary"
@@ -65,7 +66,7 @@ def cross_validation_summary(cv: CrossValidation, single: bool = False) -> dict[
         "train_wall_minutes": round(sum(row["train_wall_minutes"] for row in folds), 2),
     }
     summary = {
-        "work_dir": str(cv.work_dir),
+        "work_dir": relative_path(cv.work_dir),  # relative to the repository: the summary may go into docs/
         "num_folds": cv.num_folds,
         "configs": [Path(config).name for config in cv.configs],
         "overrides": cv.overrides,
